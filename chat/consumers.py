@@ -1,0 +1,87 @@
+"""The chat WebSocket: wire protocol only. The agent's work happens in ``chat.runtime``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from chat.frames import FrameError, parse_client_frame
+from chat.runtime import conversation_attach, conversation_busy, conversation_respond
+
+logger = logging.getLogger(__name__)
+
+# Turns outlive the socket that asked for them: a customer who drops mid-reply finds it on return.
+running_turns: set[asyncio.Task[Any]] = set()
+
+
+def conversation_group(conversation_id: uuid.UUID) -> str:
+    return f"conversation.{conversation_id.hex}"
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    conversation_id: uuid.UUID
+    group: str
+
+    async def connect(self) -> None:
+        session = self.scope.get("session")
+        if session is None:
+            await self.close(code=4401)
+            return
+        if not session.session_key:
+            await database_sync_to_async(session.save)()
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        client = self.scope.get("client") or (None, None)
+        attached = await database_sync_to_async(conversation_attach)(
+            session_key=session.session_key, client_address=client[0], new=query.get("new") == ["1"]
+        )
+        self.conversation_id = attached.conversation.id
+        self.group = conversation_group(self.conversation_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_json({"type": "conversation", "id": str(self.conversation_id), "resumed": not attached.created})
+        for frame in attached.replay:
+            await self.send_json(frame)
+        if attached.created:
+            self._start_turn(None)
+        elif not conversation_busy(self.conversation_id):
+            await self.send_json({"type": "idle"})
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            frame = parse_client_frame(text_data)
+        except FrameError as error:
+            await self.send_json({"type": "error", "code": error.code, "message": error.message})
+            return
+        await self._broadcast({"type": "message", "role": "user", "text": frame.text})
+        self._start_turn(frame.text)
+
+    async def chat_frame(self, event: dict[str, Any]) -> None:
+        """A frame of this conversation, from whichever socket's turn produced it."""
+        frame = event["frame"]
+        if frame.get("role") == "user" and event.get("origin") == self.channel_name:
+            return  # the sender already shows its own message
+        await self.send_json(frame)
+
+    def _start_turn(self, customer_text: str | None) -> None:
+        task = asyncio.create_task(
+            conversation_respond(
+                conversation_id=self.conversation_id, emit=self._broadcast, customer_text=customer_text
+            )
+        )
+        running_turns.add(task)
+        task.add_done_callback(running_turns.discard)
+
+    async def _broadcast(self, frame: dict[str, Any]) -> None:
+        await self.channel_layer.group_send(
+            self.group, {"type": "chat.frame", "frame": frame, "origin": self.channel_name}
+        )

@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import path
+
+from chat import views
+
+admin.site.site_header = "Support desk"
+admin.site.site_title = "Support desk"
+admin.site.index_title = "Customers, tickets and conversations"
+
+urlpatterns = [
+    path("", views.chat_page, name="chat"),
+    path("admin/", admin.site.urls),
+]
