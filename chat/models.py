@@ -23,6 +23,7 @@ class Conversation(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("review_conversation", "Can review transcripts")]
 
     def __str__(self) -> str:
         return f"Conversation {self.id} ({self.created_at:%Y-%m-%d %H:%M})"
@@ -64,3 +65,24 @@ class Turn(models.Model):
 
     def __str__(self) -> str:
         return f"{self.seq} {self.role}"
+
+
+class Feedback(models.Model):
+    """The customer's rating of a conversation: one per conversation, changed by rating again."""
+
+    class Rating(models.TextChoices):
+        UP = "up", "Thumbs up"
+        DOWN = "down", "Thumbs down"
+
+    conversation = models.OneToOneField(Conversation, on_delete=models.CASCADE, related_name="feedback")
+    rating = models.CharField(max_length=8, choices=Rating.choices, db_index=True)
+    comment = models.TextField(blank=True, max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "feedback"
+        ordering = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_rating_display()} on {self.conversation_id}"
