@@ -11,8 +11,8 @@ its first streamed piece, then the cost of one API-key check (HMAC) next to Djan
 from __future__ import annotations
 
 import argparse
-import json
 import asyncio
+import json
 import os
 import socket
 import statistics
