@@ -7,7 +7,10 @@ from django.contrib.auth.models import User
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
+from chat.review import conversations_that_looked_up
 from tickets.models import ApiKey, Customer, Ticket, VerificationAttempt
 from tickets.services import apikey_rotate
 
@@ -19,8 +22,24 @@ class TicketAdmin(admin.ModelAdmin):
     search_fields = ("public_id", "issue", "customer__username")
     list_select_related = ("customer",)
     autocomplete_fields = ("customer",)
-    readonly_fields = ("created_at", "updated_at")
-    fields = ("public_id", "customer", "status", "issue", "description", "created_at", "updated_at")
+    readonly_fields = ("created_at", "updated_at", "looked_up_in")
+    fields = ("public_id", "customer", "status", "issue", "description", "created_at", "updated_at", "looked_up_in")
+
+    @admin.display(description="looked up in conversations")
+    def looked_up_in(self, ticket: Ticket) -> str:
+        if ticket.pk is None:
+            return "—"
+        conversations = conversations_that_looked_up(ticket=ticket)[:50]
+        links = format_html_join(
+            "",
+            '<li><a href="{}">{}</a> (<a href="{}">admin record</a>)</li>',
+            (
+                (reverse("operators:conversation", args=[c.id]), f"{c.created_at:%Y-%m-%d %H:%M} UTC",
+                 reverse("admin:chat_conversation_change", args=[c.id]))
+                for c in conversations
+            ),
+        )
+        return format_html('<ul class="looked-up-in">{}</ul>', links) if links else "Not looked up by the agent yet."
 
 
 class ApiKeyInline(admin.TabularInline):
