@@ -34,7 +34,24 @@
     try { return JSON.stringify(value, null, 2); } catch (error) { return String(value); }
   }
 
+  var pending = []; // customer entries waiting for their stored, masked text
+
   function message(frame) {
+    if (frame.role === "user" && frame.pending) {
+      var waiting = entry("customer", "Customer");
+      waiting.classList.add("entry--pending");
+      waiting.appendChild(el("p", "text muted", "Message received; shown once stored, with any secret masked."));
+      pending.push(waiting);
+      return;
+    }
+    if (frame.role === "user" && frame.masked && pending.length) {
+      var filled = pending.shift();
+      filled.classList.remove("entry--pending");
+      var text = filled.querySelector(".text");
+      text.className = "text";
+      text.textContent = frame.text;
+      return;
+    }
     if (frame.role === "assistant" && streaming) {
       streaming.querySelector(".text").textContent = frame.text;
       streaming = null;

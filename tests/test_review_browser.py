@@ -1,0 +1,148 @@
+"""The operators' pages in a real Chromium against a real daphne: log in, list, search, timeline, live.
+
+The live part uses two browser contexts: a customer chatting on ``/`` and an operator watching the same
+conversation's timeline, which must grow without a reload.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.contrib.auth.models import User
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Response, expect, sync_playwright
+
+from chat.roles import roles_ensure
+from tests.browser_server import (  # noqa: F401 - the *_fixture imports register the fixtures here
+    ARTIFACTS,
+    CHROMIUM_ARGS,
+    STAFF_PASSWORD,
+    ChatServer,
+    chat_server_fixture,
+    live_daphne_fixture,
+    require_chromium,
+)
+from tests.conftest import SEED_MESSAGES
+from tests.test_review import run_conversation
+
+pytestmark = pytest.mark.browser
+
+TIMEOUT_MS = 10_000
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+@pytest.fixture
+def review_server(chat_server: ChatServer) -> tuple[ChatServer, str]:
+    """The server with the roles, an operator who can log in there, and one finished seed conversation."""
+    roles_ensure()  # the flush between transactional tests empties the groups the migration filled
+    operator = User.objects.get(username="operator")
+    # The test process hashes with MD5 for speed; the server knows only the default hashers.
+    hasher = PBKDF2PasswordHasher()
+    operator.password = hasher.encode(STAFF_PASSWORD, hasher.salt())
+    operator.save(update_fields=["password"])
+    return chat_server, str(run_conversation())
+
+
+@pytest.fixture
+def browser(review_server) -> Iterator[Browser]:
+    """Started after the data is ready: sync Playwright's loop would make Django refuse the ORM."""
+    executable = require_chromium()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def new_page(browser: Browser, url: str, problems: list[str]) -> tuple[BrowserContext, Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=url)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.on("console", lambda message: record_console(message, problems))
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("response", lambda response: record_response(response, problems))
+    return context, page
+
+
+def record_console(message: ConsoleMessage, problems: list[str]) -> None:
+    # A failed load is reported with its URL by record_response; the one it cannot see is the
+    # browser's own /favicon.ico request on the admin login page, which the site does not serve.
+    if message.type == "error" and not message.text.startswith("Failed to load resource"):
+        problems.append(f"console: {message.text}")
+
+
+def record_response(response: Response, problems: list[str]) -> None:
+    if response.status >= 400:
+        problems.append(f"{response.status} {response.url}")
+
+
+def log_in_as_operator(page: Page) -> None:
+    page.goto("/operators/")
+    expect(page).to_have_url(re.compile(r"/admin/login/\?next=/operators/"))
+    page.get_by_label("Username").fill("operator")
+    page.get_by_label("Password").fill(STAFF_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Conversations")).to_be_visible()
+
+
+def test_operator_reviews_searches_and_watches_live(browser: Browser, review_server) -> None:
+    server, seeded = review_server
+    problems: list[str] = []
+    operator_context, page = new_page(browser, server.url, problems)
+    log_in_as_operator(page)
+    rows = page.locator("table.conversations tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("john_doe")
+    expect(rows.first).to_contain_text("get_ticket_status")
+    expect(rows.first).to_contain_text("answered")
+
+    page.get_by_label("Search what was said").fill("12345")
+    page.get_by_role("button", name="Apply").click()
+    expect(page).to_have_url(re.compile(r"q=12345"))
+    expect(rows).to_have_count(1)
+    expect(page.get_by_role("link", name="Export JSONL")).to_have_attribute("href", re.compile(r"q=12345"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "operators-list.png"), full_page=True)
+
+    rows.first.get_by_role("link").click()
+    expect(page).to_have_url(re.compile(rf"/operators/conversations/{seeded}/"))
+    calls = page.locator(".tool-call")
+    expect(calls).to_have_count(2)
+    expect(calls.nth(0)).to_contain_text('"api_key": "****"')
+    expect(calls.nth(1)).to_contain_text('"status": "Open"')
+    expect(page.get_by_role("link", name=re.compile("Ticket #12345"))).to_be_visible()
+    expect(page.locator("#timeline")).to_have_attribute("data-live", "open")
+    page.screenshot(path=str(ARTIFACTS / "operators-timeline.png"), full_page=True)
+
+    # A customer starts a conversation; the operator opens it and watches it grow.
+    customer_context, customer = new_page(browser, server.url, problems)
+    customer.goto("/")
+    expect(customer.locator("#chat-log .message--assistant:not(.is-streaming) .bubble")).to_have_count(1)
+    expect(customer.locator("#chat")).to_have_attribute("data-turn", "idle")
+    conversation_id = customer.locator("#chat").get_attribute("data-conversation-id")
+    page.goto(f"/operators/conversations/{conversation_id}/")
+    expect(page.locator("#timeline")).to_have_attribute("data-live", "open")
+    expect(page.locator("#timeline .entry--agent")).to_have_count(1)  # the greeting, rendered by the server
+
+    composer = customer.get_by_label("Your message")
+    composer.fill(SEED_MESSAGES[1])
+    composer.press("Enter")
+    live = page.locator("#timeline .entry--live")
+    tool_calls = page.locator("#timeline .entry--live .tool-call")
+    expect(tool_calls.first).to_contain_text("verify_user")
+    expect(tool_calls.first).to_contain_text('"****"')
+    expect(live.last).to_contain_text(re.compile("verified", re.I))
+    # The customer's message arrives as typed; the operator sees it once stored, its key masked.
+    expect(live.filter(has_text="john_doe").first).to_contain_text('API key is: "****"')
+    expect(page.locator("#timeline .entry--pending")).to_have_count(0)
+    assert '"key"' not in page.locator("#timeline").inner_text()
+
+    page.goto("/operators/dashboard/")
+    expect(page.locator("svg.chart")).to_have_count(4)
+    expect(page.locator("table.daily tbody tr").first).to_contain_text("2")  # today's two conversations
+    page.screenshot(path=str(ARTIFACTS / "operators-dashboard.png"), full_page=True)
+
+    customer_context.close()
+    operator_context.close()
+    assert problems == []
