@@ -260,3 +260,41 @@ def test_ticket_admin_lists_the_conversations_that_looked_it_up(client, seeded):
     other = Ticket.objects.get(public_id="67890")
     body = client.get(reverse("admin:tickets_ticket_change", args=[other.pk])).content.decode()
     assert reverse("operators:conversation", args=[seeded]) not in body
+
+
+# THE DASHBOARD
+
+
+def test_dashboard_figures_per_day(operator_client, seeded):
+    from chat.dashboard import daily_stats, percentile
+
+    anonymous = greeting_only()
+    turn_record_error(conversation_id=anonymous, code="timeout", message="The model took too long.")
+    yesterday = timezone.localdate() - timedelta(days=1)
+    Conversation.objects.filter(id=anonymous).update(created_at=timezone.now() - timedelta(days=1))
+    stats = {day.day: day for day in daily_stats(since=yesterday, until=timezone.localdate())}
+    today = stats[timezone.localdate()]
+    assert (today.conversations, today.verified, today.answered, today.error) == (1, 1, 1, 0)
+    assert (stats[yesterday].conversations, stats[yesterday].error_share) == (1, 1.0)
+    latencies = list(Turn.objects.filter(latency_ms__isnull=False).values_list("latency_ms", flat=True))
+    assert today.reply_median_ms == percentile(latencies, 0.5) and today.reply_p95_ms == max(latencies)
+    model_turns = Turn.objects.filter(latency_ms__isnull=False)
+    assert today.tokens == sum(t.prompt_tokens + t.completion_tokens for t in model_turns)
+    assert percentile([5, 1, 3, 2, 4], 0.5) == 3 and percentile([], 0.5) is None
+
+
+def test_dashboard_page_draws_svg_charts(operator_client, seeded, django_assert_max_num_queries):
+    with django_assert_max_num_queries(8):
+        response = operator_client.get(reverse("operators:dashboard"), {"since": "2020-01-01", "until": "2020-03-01"})
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert body.count('<svg class="chart"') == 4
+    assert len(response.context["stats"]) == 61
+    assert "<script" not in body and "style=" not in body
+
+
+def test_dashboard_range_defaults_to_30_days_and_is_capped(operator_client, demo_data):
+    response = operator_client.get(reverse("operators:dashboard"))
+    assert len(response.context["stats"]) == 30
+    response = operator_client.get(reverse("operators:dashboard"), {"since": "1990-01-01"})
+    assert len(response.context["stats"]) == 366
