@@ -30,6 +30,7 @@ MISCONFIGURED = ModelError(
 )
 FAILED = ModelError("model_error", "The assistant ran into a problem answering. Please try again.")
 GARBLED = ModelError("model_bad_reply", "The assistant's answer got garbled on the way. Please try again.")
+CUT_OFF = ModelError("model_incomplete", "The assistant's answer was cut off. Please try again.")
 
 
 class OpenAIChatModel:
@@ -79,7 +80,10 @@ class OpenAIChatModel:
         if not completion.choices:
             raise ValueError("a completion with no choices")
         message = completion.choices[0].message
-        calls = [ToolCall(c.id, c.function.name, c.function.arguments or "") for c in message.tool_calls or []]
+        calls = [
+            ToolCall(c.id or f"call_{index}", c.function.name, c.function.arguments or "")
+            for index, c in enumerate(message.tool_calls or [])
+        ]
         if message.content:
             await on_delta(message.content)
         usage = completion.usage
@@ -99,25 +103,32 @@ class OpenAIChatModel:
         calls: dict[int, dict[str, str]] = {}
         reply = ModelReply(content="", model=self.name)
         finished = False
-        async for chunk in stream:
-            reply.model = chunk.model or reply.model
-            if chunk.usage:
-                reply.prompt_tokens = chunk.usage.prompt_tokens
-                reply.completion_tokens = chunk.usage.completion_tokens
-            for choice in chunk.choices[:1]:
-                delta = choice.delta
-                if delta.content:
-                    text.append(delta.content)
-                    await on_delta(delta.content)
-                for part in delta.tool_calls or []:
-                    call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
-                    call["id"] = part.id or call["id"]
-                    if part.function:
-                        call["name"] += part.function.name or ""
-                        call["arguments"] += part.function.arguments or ""
-                finished = finished or choice.finish_reason is not None
+        try:
+            async with stream:  # closes the response even when ``on_delta`` fails or is cancelled
+                async for chunk in stream:
+                    reply.model = chunk.model or reply.model
+                    if chunk.usage:
+                        reply.prompt_tokens = chunk.usage.prompt_tokens
+                        reply.completion_tokens = chunk.usage.completion_tokens
+                    for choice in chunk.choices[:1]:
+                        delta = choice.delta
+                        if delta.content:
+                            text.append(delta.content)
+                            await on_delta(delta.content)
+                        for part in delta.tool_calls or []:
+                            call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                            call["id"] = part.id or call["id"]
+                            if part.function:
+                                call["name"] += part.function.name or ""
+                                call["arguments"] += part.function.arguments or ""
+                        finished = finished or choice.finish_reason is not None
+        except openai.APIConnectionError as error:
+            # The endpoint answered, then the connection dropped mid-stream: the answer was cut off.
+            if isinstance(error, openai.APITimeoutError):
+                raise
+            raise CUT_OFF from error
         if not finished:
-            raise ModelError("model_incomplete", "The assistant's answer was cut off. Please try again.")
+            raise CUT_OFF
         reply.content = "".join(text)
         reply.tool_calls = [
             ToolCall(call["id"] or f"call_{index}", call["name"], call["arguments"])
@@ -139,7 +150,10 @@ def _model_error(error: openai.APIError) -> ModelError:
     if isinstance(error, openai.APIStatusError):
         logger.warning("the model endpoint answered %s", error.status_code)
         return FAILED
-    return GARBLED
+    if isinstance(error, openai.APIResponseValidationError):
+        return GARBLED
+    logger.warning("the model endpoint reported an error: %s", error)  # e.g. an error event mid-stream
+    return FAILED
 
 
 def openai_client(*, base_url: str | None, api_key: str | None, transport: Any = None) -> openai.AsyncOpenAI:
