@@ -37,8 +37,8 @@ GOODBYE = "You're welcome! If anything else comes up, just write to us here. Hav
 CAPABILITIES = "I'm here to help you check the status of your support tickets."
 ANYTHING_ELSE = "Is there anything else I can help you with?"
 
-_USERNAME = re.compile(r"user\s*-?\s*name\s*(?:is\b|[:=])?\s*:?\s*[\"'“‘]?([A-Za-z0-9_.@+-]{2,150})", re.I)
-_API_KEY = re.compile(r"\b(?:api[\s_-]*)?key\s*(?:is\b|[:=])\s*:?\s*[\"'“‘]?([^\s\"'”’,;]{1,256})", re.I)
+_USERNAME = re.compile(r"user\s*-?\s*name\s*(?:is\b|[:=])?\s*:?\s*([\"'“‘]?)([A-Za-z0-9_.@+-]{2,150})", re.I)
+_API_KEY = re.compile(r"\b(?:api[\s_-]*)?key\s*(?:is\b|[:=])\s*:?\s*([\"'“‘]?)([^\s\"'”’,;]{1,256})", re.I)
 _TICKET_ID = re.compile(r"(?<![\w-])[0-9]{3,20}(?![\w-])")
 _MENTIONS_TICKET = re.compile(r"\b(tickets?|status|case|request)\b", re.I)
 _GOODBYE = re.compile(
@@ -62,11 +62,19 @@ def _text(message: dict[str, Any]) -> str:
 
 def _credentials(text: str) -> tuple[str | None, str | None, str]:
     """Username and API key found in ``text``, and the text with the key taken out."""
-    username = _USERNAME.search(text)
+    username = _value(_USERNAME.search(text))
     key = _API_KEY.search(text)
     rest = text[: key.start()] + text[key.end() :] if key else text
-    secret = key.group(1) if key and set(key.group(1)) != {"*"} else None
-    return (username.group(1) if username else None), secret, rest
+    secret = _value(key)
+    return username, (secret if secret and set(secret) != {"*"} else None), rest
+
+
+def _value(match: re.Match[str] | None) -> str | None:
+    """The matched value; unquoted, without the full stop (or ! or ?) that ends the customer's sentence."""
+    if match is None:
+        return None
+    quote, value = match.groups()
+    return (value if quote else value.rstrip(".!?")) or None
 
 
 @dataclass
@@ -167,7 +175,8 @@ def _after_tools(conversation: list[dict[str, Any]], state: _State, tool_names: 
 
 def _ticket_sentence(asked: str, result: dict[str, Any]) -> str:
     if "status" in result:
-        return f"Your ticket {result.get('ticket_id', asked)} is currently {result['status']}; the issue is: {result.get('issue')}."
+        ticket = result.get("ticket_id", asked)
+        return f"Your ticket {ticket} is currently {result['status']}; the issue is: {result.get('issue')}."
     error = str(result.get("error", ""))
     if "not verified" in error:
         return "I need to verify your identity before I can look up tickets: what are your username and API key?"
