@@ -65,6 +65,16 @@ class Tool:
         description = (inspect.getdoc(function) or function.__name__).splitlines()[0]
         return cls(function.__name__, description, function, arguments, secret_fields)
 
+    def raw_secrets(self, call: ToolCall) -> tuple[str, ...]:
+        """The secret fields' string values in the call's arguments, before (or without) validation."""
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except ValueError:
+            return ()
+        if not isinstance(arguments, dict):
+            return ()
+        return tuple(arguments[name] for name in self.secret_fields if isinstance(arguments.get(name), str))
+
     @property
     def schema(self) -> dict[str, Any]:
         parameters = self.arguments.model_json_schema()
@@ -78,8 +88,8 @@ class Tool:
         }
 
 
-def error_outcome(message: str) -> ToolOutcome:
-    return ToolOutcome(content=json.dumps({"error": message}), ok=False, result={"error": message})
+def error_outcome(message: str, secrets: tuple[str, ...] = ()) -> ToolOutcome:
+    return ToolOutcome(content=json.dumps({"error": message}), ok=False, result={"error": message}, secrets=secrets)
 
 
 class Toolbox:
@@ -109,7 +119,8 @@ class Toolbox:
         try:
             arguments = tool.arguments.model_validate_json(call.arguments or "{}")
         except ValidationError as error:
-            return error_outcome(f"Invalid arguments for {tool.name}: {_describe(error)}")
+            # The secrets of a call that fails validation are still masked wherever it is stored.
+            return error_outcome(f"Invalid arguments for {tool.name}: {_describe(error)}", tool.raw_secrets(call))
         secrets = tuple(
             value.get_secret_value()
             for name in tool.secret_fields
