@@ -22,15 +22,23 @@ from chat.agent import ModelError, ModelReply, ToolCall
 
 logger = logging.getLogger(__name__)
 
-TIMEOUT = ModelError("model_timeout", "The assistant took too long to answer. Please try again in a moment.")
-UNREACHABLE = ModelError("model_unavailable", "The assistant can't be reached right now. Please try again shortly.")
-BUSY = ModelError("model_busy", "The assistant is very busy right now. Please try again in a minute.")
-MISCONFIGURED = ModelError(
-    "model_unavailable", "The assistant isn't available right now. Our team has been notified."
+TIMEOUT = functools.partial(
+    ModelError, "model_timeout", "The assistant took too long to answer. Please try again in a moment."
 )
-FAILED = ModelError("model_error", "The assistant ran into a problem answering. Please try again.")
-GARBLED = ModelError("model_bad_reply", "The assistant's answer got garbled on the way. Please try again.")
-CUT_OFF = ModelError("model_incomplete", "The assistant's answer was cut off. Please try again.")
+UNREACHABLE = functools.partial(
+    ModelError, "model_unavailable", "The assistant can't be reached right now. Please try again shortly."
+)
+BUSY = functools.partial(
+    ModelError, "model_busy", "The assistant is very busy right now. Please try again in a minute."
+)
+MISCONFIGURED = functools.partial(
+    ModelError, "model_unavailable", "The assistant isn't available right now. Our team has been notified."
+)
+FAILED = functools.partial(ModelError, "model_error", "The assistant ran into a problem answering. Please try again.")
+GARBLED = functools.partial(
+    ModelError, "model_bad_reply", "The assistant's answer got garbled on the way. Please try again."
+)
+CUT_OFF = functools.partial(ModelError, "model_incomplete", "The assistant's answer was cut off. Please try again.")
 
 
 class OpenAIChatModel:
@@ -58,12 +66,12 @@ class OpenAIChatModel:
                 else:
                     reply = await self._whole(messages, tools, on_delta)
         except TimeoutError as error:
-            raise TIMEOUT from error
+            raise TIMEOUT() from error
         except openai.APIError as error:
             raise _model_error(error) from error
         except (ValueError, KeyError, TypeError, AttributeError, httpx2.HTTPError) as error:
             logger.warning("unreadable model response: %r", error)
-            raise GARBLED from error
+            raise GARBLED() from error
         reply.latency_ms = int((time.monotonic() - started) * 1000)
         if not reply.content and not reply.tool_calls:
             raise ModelError("model_empty_reply", "The assistant gave an empty answer. Please try again.")
@@ -126,9 +134,9 @@ class OpenAIChatModel:
             # The endpoint answered, then the connection dropped mid-stream: the answer was cut off.
             if isinstance(error, openai.APITimeoutError):
                 raise
-            raise CUT_OFF from error
+            raise CUT_OFF() from error
         if not finished:
-            raise CUT_OFF
+            raise CUT_OFF()
         reply.content = "".join(text)
         reply.tool_calls = [
             ToolCall(call["id"] or f"call_{index}", call["name"], call["arguments"])
@@ -139,21 +147,21 @@ class OpenAIChatModel:
 
 def _model_error(error: openai.APIError) -> ModelError:
     if isinstance(error, openai.APITimeoutError):
-        return TIMEOUT
+        return TIMEOUT()
     if isinstance(error, openai.APIConnectionError):
-        return UNREACHABLE
+        return UNREACHABLE()
     if isinstance(error, openai.RateLimitError):
-        return BUSY
+        return BUSY()
     if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError | openai.NotFoundError):
         logger.error("the model endpoint refused our configuration: %s", error)
-        return MISCONFIGURED
+        return MISCONFIGURED()
     if isinstance(error, openai.APIStatusError):
         logger.warning("the model endpoint answered %s", error.status_code)
-        return FAILED
+        return FAILED()
     if isinstance(error, openai.APIResponseValidationError):
-        return GARBLED
+        return GARBLED()
     logger.warning("the model endpoint reported an error: %s", error)  # e.g. an error event mid-stream
-    return FAILED
+    return FAILED()
 
 
 def openai_client(*, base_url: str | None, api_key: str | None, transport: Any = None) -> openai.AsyncOpenAI:

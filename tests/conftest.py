@@ -15,6 +15,7 @@ def _builtin_model_without_pauses(settings):
     settings.CHAT_BACKEND = "builtin"
     settings.CHAT_MODEL = "builtin-support-1"
     settings.CHAT_BUILTIN_DELAY_MS = 0
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast, tests only
     llm.get_chat_model.cache_clear()
     runtime.get_toolbox.cache_clear()
     yield
