@@ -225,7 +225,7 @@ def mask_messages(messages: list[Message], secrets: Iterable[str]) -> list[Messa
     masked = []
     for message in messages:
         message = dict(message)
-        if message.get("role") == "user" and isinstance(message.get("content"), str):
+        if message.get("role") in ("user", "assistant") and isinstance(message.get("content"), str):
             message["content"] = mask_text(message["content"], secrets)
         if message.get("tool_calls"):
             message["tool_calls"] = [

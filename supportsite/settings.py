@@ -223,3 +223,7 @@ CHAT_TOOLS = [
 VERIFY_MAX_FAILURES = env_int("VERIFY_MAX_FAILURES", 5)
 VERIFY_MAX_FAILURES_PER_ADDRESS = env_int("VERIFY_MAX_FAILURES_PER_ADDRESS", 20)
 VERIFY_LOCKOUT_SECONDS = env_int("VERIFY_LOCKOUT_SECONDS", 15 * 60)
+
+# TRANSCRIPTS
+# purge_transcripts without --older-than deletes conversations idle this many days; unset keeps them.
+TRANSCRIPT_RETENTION_DAYS = env_int("TRANSCRIPT_RETENTION_DAYS", 0) or None

@@ -8,6 +8,7 @@ from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
+from chat.roles import roles_ensure
 from tickets.models import ApiKey, Ticket
 from tickets.services import apikey_digest, apikey_issue
 
@@ -40,6 +41,7 @@ class Command(BaseCommand):
                     public_id=public_id, defaults={"customer": customer, "status": status, "issue": issue}
                 )
         self.stdout.write("Customers: john_doe (API key 'key'), jane_roe (API key 'jane-key').")
+        roles_ensure()
         for username, (is_superuser, group_name) in STAFF.items():
             self._staff_account(username, is_superuser, group_name, password)
 
