@@ -10,18 +10,35 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.sessions.backends.base import SessionBase
 
 from chat.frames import FrameError, parse_client_frame
-from chat.runtime import conversation_attach, conversation_busy, conversation_respond
+from chat.runtime import Attached, conversation_attach, conversation_busy, conversation_respond
 
 logger = logging.getLogger(__name__)
 
 # Turns outlive the socket that asked for them: a customer who drops mid-reply finds it on return.
 running_turns: set[asyncio.Task[Any]] = set()
+# Turns one conversation may have running or waiting in this process; more is a client flooding.
+MAX_QUEUED_TURNS = 5
+TOO_MANY = "Please wait for the answer to your earlier messages before sending more."
 
 
 def conversation_group(conversation_id: uuid.UUID) -> str:
     return f"conversation.{conversation_id.hex}"
+
+
+def session_conversation_attach(*, session: SessionBase, client_address: str | None, new: bool) -> Attached:
+    """The conversation of the socket's browser session; a session the database doesn't hold (no
+    cookie, a made-up or expired key) is replaced by a fresh one, so no key is ever taken on trust."""
+    session.load()  # forgets a key the store doesn't hold, or that has expired
+    if session.session_key is None:
+        session.create()
+    return conversation_attach(session_key=session.session_key, client_address=client_address, new=new)
+
+
+def _turn_name(conversation_id: uuid.UUID) -> str:
+    return f"turn:{conversation_id.hex}"
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -33,12 +50,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if session is None:
             await self.close(code=4401)
             return
-        if not session.session_key:
-            await database_sync_to_async(session.save)()
         query = parse_qs(self.scope.get("query_string", b"").decode())
         client = self.scope.get("client") or (None, None)
-        attached = await database_sync_to_async(conversation_attach)(
-            session_key=session.session_key, client_address=client[0], new=query.get("new") == ["1"]
+        attached = await database_sync_to_async(session_conversation_attach)(
+            session=session, client_address=client[0], new=query.get("new") == ["1"]
         )
         self.conversation_id = attached.conversation.id
         self.group = conversation_group(self.conversation_id)
@@ -49,7 +64,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json(frame)
         if attached.created:
             self._start_turn(None)
-        elif not conversation_busy(self.conversation_id):
+        elif not await conversation_busy(self.conversation_id):
             await self.send_json({"type": "idle"})
 
     async def disconnect(self, code: int) -> None:
@@ -62,7 +77,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except FrameError as error:
             await self.send_json({"type": "error", "code": error.code, "message": error.message})
             return
-        await self._broadcast({"type": "message", "role": "user", "text": frame.text})
+        queued = sum(task.get_name() == _turn_name(self.conversation_id) for task in running_turns)
+        if queued >= MAX_QUEUED_TURNS:
+            await self.send_json({"type": "error", "code": "too_many_messages", "message": TOO_MANY})
+            return
         self._start_turn(frame.text)
 
     async def chat_frame(self, event: dict[str, Any]) -> None:
@@ -73,10 +91,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(frame)
 
     def _start_turn(self, customer_text: str | None) -> None:
+        """Run the turn as a task of its own: it finishes, and is stored, even if this socket closes."""
         task = asyncio.create_task(
             conversation_respond(
                 conversation_id=self.conversation_id, emit=self._broadcast, customer_text=customer_text
-            )
+            ),
+            name=_turn_name(self.conversation_id),
         )
         running_turns.add(task)
         task.add_done_callback(running_turns.discard)

@@ -17,15 +17,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio
+import redis.asyncio.lock
+import redis.exceptions
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from chat import selectors, services
+from chat import llm, selectors, services
 from chat.agent import Emit, Message, ModelReply, ToolCall, ToolOutcome, TurnResult, run_turn
-from chat.llm import get_chat_model
 from chat.models import Conversation
-from chat.toolbox import ToolContext, Toolbox
+from chat.toolbox import Toolbox, ToolContext
 
 logger = logging.getLogger(__name__)
 
@@ -111,34 +113,118 @@ def _turn_context(conversation_id: uuid.UUID) -> tuple[list[Message], ToolContex
     return history, context
 
 
+# ONE TURN AT A TIME
+#
+# Inside a process an ``asyncio.Lock`` per conversation queues turns in arrival order. When the channel
+# layer is Redis, several server processes may serve one conversation (two tabs behind a balancer), so
+# the turn also holds a lease in that Redis: a key that only its holder may delete, renewed while the
+# turn runs and expiring on its own if the process dies. Across processes the lease gives exclusion,
+# not strict arrival order: waiters in different processes poll for it.
+
+LEASE_SECONDS = 30
+LEASE_POLL_SECONDS = 0.05
+
 _locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
-def conversation_busy(conversation_id: uuid.UUID) -> bool:
+def _lease_redis_url() -> str | None:
+    """The Redis of the channel layer, if it is one: the lease lives wherever the sockets can meet."""
+    layer = settings.CHANNEL_LAYERS.get("default", {})
+    if "redis" not in layer.get("BACKEND", "").lower():
+        return None
+    host: Any = (layer.get("CONFIG", {}).get("hosts") or [None])[0]
+    if isinstance(host, dict):
+        host = host.get("address")
+    if isinstance(host, list | tuple):
+        host = f"redis://{host[0]}:{host[1]}"
+    return host if isinstance(host, str) else None
+
+
+def _lease_name(conversation_id: uuid.UUID) -> str:
+    return f"chat:turn-lease:{conversation_id.hex}"
+
+
+async def conversation_busy(conversation_id: uuid.UUID) -> bool:
+    """Whether a turn of the conversation is running, in this process or (with Redis) any other."""
     lock = _locks.get(conversation_id)
-    return lock is not None and lock.locked()
+    if lock is not None and lock.locked():
+        return True
+    url = _lease_redis_url()
+    if url is None:
+        return False
+    async with redis.asyncio.Redis.from_url(url) as client:
+        return bool(await client.exists(_lease_name(conversation_id)))
+
+
+@asynccontextmanager
+async def _redis_lease(url: str, conversation_id: uuid.UUID) -> AsyncIterator[None]:
+    async with redis.asyncio.Redis.from_url(url) as client:
+        lease = client.lock(
+            _lease_name(conversation_id), timeout=LEASE_SECONDS, sleep=LEASE_POLL_SECONDS, thread_local=False
+        )
+        await lease.acquire()
+        renewal = asyncio.create_task(_renew(lease, conversation_id))
+        try:
+            yield
+        finally:
+            renewal.cancel()
+            try:
+                await lease.release()
+            except redis.exceptions.LockError:
+                logger.warning("the turn lease of conversation %s had expired", conversation_id)
+
+
+async def _renew(lease: redis.asyncio.lock.Lock, conversation_id: uuid.UUID) -> None:
+    while True:
+        await asyncio.sleep(LEASE_SECONDS / 3)
+        try:
+            await lease.reacquire()
+        except redis.exceptions.LockError:
+            logger.warning("lost the turn lease of conversation %s", conversation_id)
+            return
 
 
 @asynccontextmanager
 async def conversation_lock(conversation_id: uuid.UUID) -> AsyncIterator[None]:
-    """One turn at a time per conversation in this process; waiters go in arrival order."""
+    """One turn at a time per conversation: in arrival order in this process, exclusive across processes."""
     lock = _locks.get(conversation_id)
     if lock is None:
         lock = _locks[conversation_id] = asyncio.Lock()
     async with lock:
-        yield
+        url = _lease_redis_url()
+        if url is None:
+            yield
+            return
+        async with _redis_lease(url, conversation_id):
+            yield
+
+
+# THE TURN
+
+
+def _needs_greeting(history: list[Message]) -> bool:
+    return all(message["role"] == "system" for message in history)
 
 
 async def conversation_respond(
     *, conversation_id: uuid.UUID, emit: Emit, customer_text: str | None = None
 ) -> TurnResult:
-    """Run one turn (the greeting when ``customer_text`` is None) and report it through ``emit``."""
+    """Run one turn (the greeting when ``customer_text`` is None) and report it through ``emit``.
+
+    Turns of one conversation never overlap: a turn waits for the one before it, and only then is the
+    customer's message shown to the conversation's other sockets, so every screen shows the same order.
+    A greeting asked for a conversation that already has one does nothing.
+    """
     async with conversation_lock(conversation_id):
-        await emit({"type": "typing"})
         try:
             history, context = await database_sync_to_async(_turn_context)(conversation_id)
+            if customer_text is None and not _needs_greeting(history):
+                return TurnResult("answered", 0)
+            if customer_text is not None:
+                await emit({"type": "message", "role": "user", "text": customer_text})
+            await emit({"type": "typing"})
             return await run_turn(
-                model=get_chat_model(),
+                model=llm.get_chat_model(),
                 tools=ConversationTools(get_toolbox(), context),
                 transcript=StoredTranscript(conversation_id),
                 history=history,
@@ -148,7 +234,18 @@ async def conversation_respond(
             )
         except Exception:
             logger.exception("turn failed in conversation %s", conversation_id)
+            await _record_internal_error(conversation_id)
             await emit({"type": "error", "code": "internal_error", "message": INTERNAL_ERROR})
             return TurnResult("error", 0)
         finally:
             await emit({"type": "idle"})
+
+
+async def _record_internal_error(conversation_id: uuid.UUID) -> None:
+    """Leave reviewers a trace of the failure, if the database still answers."""
+    try:
+        await database_sync_to_async(services.turn_record_error)(
+            conversation_id=conversation_id, code="internal_error", message=INTERNAL_ERROR
+        )
+    except Exception:
+        logger.exception("could not record the failure in conversation %s", conversation_id)
