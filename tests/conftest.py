@@ -3,6 +3,8 @@ model over the network: only loopback servers that a test starts itself may be c
 
 from __future__ import annotations
 
+import io
+
 import httpx2
 import pytest
 from django.core.management import call_command
@@ -37,7 +39,7 @@ def _no_network_models(monkeypatch):
 @pytest.fixture
 def demo_data(db):
     """The contract's demo data: john_doe/key (12345 Open, 67890 Closed), jane_roe/jane-key (24680)."""
-    call_command("seed_demo", password="demo-password-1", stdout=open("/dev/null", "w"))  # noqa: SIM115
+    call_command("seed_demo", password="demo-password-1", stdout=io.StringIO())
 
 
 SEED_MESSAGES = [

@@ -93,3 +93,9 @@ def test_the_chat_page_sets_an_http_only_session_cookie(client, db):
     cookie = response.cookies["sessionid"]
     assert cookie["httponly"] is True
     assert cookie["samesite"] == "Lax"
+
+
+def test_a_made_up_session_cookie_is_replaced(client, db):
+    client.cookies["sessionid"] = "made-up-session-key-that-the-database-does-not-hold"
+    response = client.get(reverse("chat"))
+    assert response.cookies["sessionid"].value not in ("", "made-up-session-key-that-the-database-does-not-hold")
