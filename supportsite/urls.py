@@ -10,6 +10,7 @@ admin.site.index_title = "Customers, tickets and conversations"
 urlpatterns = [
     path("", views.chat_page, name="chat"),
     path("admin/", admin.site.urls),
+    path("favicon.ico", views.favicon),
     path("operators/", include("chat.review_urls")),
     path("feedback/", feedback.feedback_submit, name="feedback"),
 ]

@@ -290,3 +290,36 @@ def test_reconnects_and_sends_what_was_typed_offline(
     expect(page.locator("#chat-log .is-queued")).to_have_count(0)
     expect(user_messages(page)).to_have_text([SEED_MESSAGES[0], SEED_MESSAGES[1]])
     expect(agent_messages(page).filter(has_text=GREETING)).to_have_count(1)
+
+
+@pytest.fixture
+def staff_password(chat_server: ChatServer) -> str:
+    """Give ``staff`` a password the server's own (PBKDF2) hasher accepts, before the browser starts."""
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher
+    from django.contrib.auth.models import User
+
+    from tests.browser_server import STAFF_PASSWORD
+
+    hasher = PBKDF2PasswordHasher()
+    User.objects.filter(username="staff").update(password=hasher.encode(STAFF_PASSWORD, hasher.salt()))
+    return STAFF_PASSWORD
+
+
+def test_staff_resolves_a_ticket_in_admin_and_the_chat_reports_it(staff_password: str, page: Page) -> None:
+    """The issue's walk-through: staff change ticket 12345 to Resolved; a new conversation says so."""
+    page.goto("/admin/")
+    page.get_by_label("Username").fill("staff")
+    page.get_by_label("Password").fill(staff_password)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("link", name="Tickets", exact=True).click()
+    page.get_by_role("link", name="12345").click()
+    page.get_by_label("Status").select_option("Resolved")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.locator(".messagelist")).to_contain_text("was changed successfully")
+
+    open_chat(page)
+    page.get_by_role("button", name="New conversation").click()
+    expect(agent_messages(page)).to_have_count(1)
+    expect(page.locator("#chat")).to_have_attribute("data-turn", "idle")
+    say(page, 'My username is "john_doe" and my API key is "key". How is ticket 12345?')
+    expect(agent_messages(page).last).to_contain_text("Resolved")
