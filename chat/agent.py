@@ -111,12 +111,20 @@ async def run_turn(
     emit: Emit,
     customer_text: str | None = None,
     max_model_calls: int = 8,
+    max_tool_calls_per_reply: int | None = None,
+    max_tool_result_chars: int | None = None,
+    history_token_budget: int | None = None,
 ) -> TurnResult:
     """Answer one customer message (or greet, when ``customer_text`` is None).
 
     ``history`` is the stored conversation in API format, system prompt first; it is extended in place.
     A model failure is stored as an error turn and reported through ``emit``; what was stored before
     it stays, and the history stays valid for the API.
+
+    Bounds (None: unbounded): at most ``max_tool_calls_per_reply`` calls of one model response run,
+    the others are answered with an error and never run; a tool result longer than
+    ``max_tool_result_chars`` is cut with a note; the model receives ``trim_history(history,
+    history_token_budget)``, while the whole history is stored.
     """
     if customer_text is not None:
         message = {"role": "user", "content": customer_text}
@@ -128,7 +136,7 @@ async def run_turn(
 
     for call_number in range(1, max_model_calls + 1):
         try:
-            reply = await model.complete(history, tools.schemas, on_delta)
+            reply = await model.complete(trim_history(history, history_token_budget), tools.schemas, on_delta)
         except ModelError as error:
             logger.warning("model call failed: %s", error)
             await transcript.record_error(error.code, error.message)
@@ -140,7 +148,15 @@ async def run_turn(
             history.append(message)
             await emit({"type": "message", "role": "assistant", "text": reply.content})
             return TurnResult("answered", call_number)
-        await _answer_tool_calls(reply, tools=tools, transcript=transcript, history=history, emit=emit)
+        await _answer_tool_calls(
+            reply,
+            tools=tools,
+            transcript=transcript,
+            history=history,
+            emit=emit,
+            max_calls=max_tool_calls_per_reply,
+            max_result_chars=max_tool_result_chars,
+        )
 
     message = {"role": "assistant", "content": FALLBACK_REPLY}
     await transcript.append([message], fallback=True)
@@ -150,14 +166,27 @@ async def run_turn(
 
 
 async def _answer_tool_calls(
-    reply: ModelReply, *, tools: ToolRunner, transcript: Transcript, history: list[Message], emit: Emit
+    reply: ModelReply,
+    *,
+    tools: ToolRunner,
+    transcript: Transcript,
+    history: list[Message],
+    emit: Emit,
+    max_calls: int | None = None,
+    max_result_chars: int | None = None,
 ) -> None:
-    """Run every tool call of ``reply`` in order, then store the call and all its results at once."""
+    """Run the tool calls of ``reply`` in order (the first ``max_calls``; the rest are answered with an
+    error and never run), then store the call and all its results at once: every call id is answered."""
     if reply.content:
         await emit({"type": "message", "role": "assistant", "text": reply.content})
     results: list[Message] = []
     secrets: list[str] = []
-    for call in reply.tool_calls:
+    for number, call in enumerate(reply.tool_calls):
+        if max_calls is not None and number >= max_calls:
+            error = {"error": TOO_MANY_CALLS.format(limit=max_calls)}
+            results.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(error)})
+            await emit({"type": "tool", "name": call.name, "id": call.id, "status": "error", "result": error})
+            continue
         await emit(
             {
                 "type": "tool",
@@ -169,7 +198,8 @@ async def _answer_tool_calls(
         )
         outcome = await tools.run(call)
         secrets.extend(outcome.secrets)
-        results.append({"role": "tool", "tool_call_id": call.id, "content": outcome.content})
+        content = cut_text(outcome.content, max_result_chars)
+        results.append({"role": "tool", "tool_call_id": call.id, "content": content})
         frame: dict[str, Any] = {"type": "tool", "name": call.name, "id": call.id, "result": outcome.result}
         frame["status"] = "done" if outcome.ok else "error"
         await emit(frame)
@@ -178,6 +208,60 @@ async def _answer_tool_calls(
     stored = mask_messages([assistant, *results], secrets)
     await transcript.append(stored, reply=reply, secrets=secrets)
     history[:] = [*mask_messages(history, secrets), *stored]
+
+
+# BOUNDS
+
+TOO_MANY_CALLS = "Not run: at most {limit} tool calls are run per reply. Call it again if it is still needed."
+CUT_NOTE = "\n[cut: this result was {total} characters long; only the first {kept} are shown]"
+
+
+def cut_text(text: str, max_chars: int | None) -> str:
+    """``text``, or its first ``max_chars`` characters and a note saying how much was left out."""
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    return text[:max_chars] + CUT_NOTE.format(total=len(text), kept=max_chars)
+
+
+def estimate_tokens(message: Message) -> int:
+    """About four characters a token, plus a few for the message's framing."""
+    chars = len(message.get("content") or "")
+    for call in message.get("tool_calls") or []:
+        chars += len(call["function"]["name"]) + len(call["function"]["arguments"] or "")
+    return chars // 4 + 4
+
+
+def trim_history(messages: list[Message], budget: int | None) -> list[Message]:
+    """What the model receives of ``messages`` (a valid API history) within about ``budget`` tokens.
+
+    The leading system messages are always kept, then the newest whole groups that fit: a group is one
+    message, or an assistant's tool calls with all their results, so a call is never separated from its
+    results, and the kept part never starts with a tool message. The newest group is kept even when it
+    alone is over the budget: the model must see what it is answering.
+    """
+    if budget is None:
+        return messages
+    head = 0
+    while head < len(messages) and messages[head]["role"] == "system":
+        head += 1
+    groups: list[list[Message]] = []
+    for message in messages[head:]:
+        if message["role"] == "tool" and groups:
+            groups[-1].append(message)
+        else:
+            groups.append([message])
+    spent = sum(map(estimate_tokens, messages[:head]))
+    kept: list[list[Message]] = []
+    for group in reversed(groups):
+        cost = sum(map(estimate_tokens, group))
+        if kept and spent + cost > budget:
+            break
+        kept.append(group)
+        spent += cost
+    tail = [message for group in reversed(kept) for message in group]
+    while tail and tail[0]["role"] == "tool":
+        tail.pop(0)
+    return [*messages[:head], *tail]
 
 
 # SECRETS
@@ -228,9 +312,11 @@ def mask_messages(messages: list[Message], secrets: Iterable[str]) -> list[Messa
         if message.get("role") in ("user", "assistant") and isinstance(message.get("content"), str):
             message["content"] = mask_text(message["content"], secrets)
         if message.get("tool_calls"):
-            message["tool_calls"] = [
-                {**call, "function": {**call["function"], "arguments": mask_arguments(call["function"]["arguments"], secrets)}}
-                for call in message["tool_calls"]
-            ]
+            message["tool_calls"] = [_masked_call(call, secrets) for call in message["tool_calls"]]
         masked.append(message)
     return masked
+
+
+def _masked_call(call: Message, secrets: Iterable[str]) -> Message:
+    arguments = mask_arguments(call["function"]["arguments"], secrets)
+    return {**call, "function": {**call["function"], "arguments": arguments}}

@@ -8,6 +8,7 @@ model in ``chat.builtin`` through an in-process transport, with no network and n
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
@@ -41,6 +42,36 @@ GARBLED = functools.partial(
 CUT_OFF = functools.partial(ModelError, "model_incomplete", "The assistant's answer was cut off. Please try again.")
 
 
+# When the model call in progress must have answered: no retry may wait past it.
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("model_deadline", default=None)
+
+
+class _NoTimeToRetry(Exception):
+    def __init__(self, status: int | None) -> None:
+        super().__init__(f"no time left to retry (status {status})")
+        self.status = status
+
+
+class BoundedRetriesClient(openai.AsyncOpenAI):
+    """The ``openai`` client, whose retries never wait past the reply's deadline.
+
+    The client honours a server's ``Retry-After`` (up to two minutes); a customer must not wait that
+    long. When the wait would end after the deadline, the call fails at once, as busy (429) or
+    unavailable, instead of sleeping into a timeout. Overrides a private hook of the client; the
+    end-to-end tests of a huge ``Retry-After`` fail if a new client version stops calling it.
+    """
+
+    async def _sleep_for_retry(
+        self, *, retries_taken: int, max_retries: int, options: Any, response: httpx2.Response | None
+    ) -> None:
+        headers = response.headers if response is not None else None
+        delay = self._calculate_retry_timeout(max_retries - retries_taken, options, headers)
+        deadline = _deadline.get()
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            raise _NoTimeToRetry(response.status_code if response is not None else None)
+        await asyncio.sleep(delay)
+
+
 class OpenAIChatModel:
     """A model served by an OpenAI-compatible ``/chat/completions`` endpoint, streamed by default."""
 
@@ -59,6 +90,7 @@ class OpenAIChatModel:
         on_delta: Callable[[str], Awaitable[None]],
     ) -> ModelReply:
         started = time.monotonic()
+        deadline = _deadline.set(started + self.reply_timeout)
         try:
             async with asyncio.timeout(self.reply_timeout):
                 if self.stream:
@@ -67,11 +99,16 @@ class OpenAIChatModel:
                     reply = await self._whole(messages, tools, on_delta)
         except TimeoutError as error:
             raise TIMEOUT() from error
+        except _NoTimeToRetry as error:
+            logger.warning("the model endpoint asked to wait past the reply's deadline (%s)", error.status)
+            raise (BUSY() if error.status == 429 else UNREACHABLE() if error.status is None else FAILED()) from error
         except openai.APIError as error:
             raise _model_error(error) from error
         except (ValueError, KeyError, TypeError, AttributeError, httpx2.HTTPError) as error:
             logger.warning("unreadable model response: %r", error)
             raise GARBLED() from error
+        finally:
+            _deadline.reset(deadline)
         reply.latency_ms = int((time.monotonic() - started) * 1000)
         if not reply.content and not reply.tool_calls:
             raise ModelError("model_empty_reply", "The assistant gave an empty answer. Please try again.")
@@ -165,7 +202,7 @@ def _model_error(error: openai.APIError) -> ModelError:
 
 
 def openai_client(*, base_url: str | None, api_key: str | None, transport: Any = None) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
+    return BoundedRetriesClient(
         base_url=base_url,
         api_key=api_key or "not-needed",
         timeout=settings.CHAT_TIMEOUT_SECONDS,
