@@ -12,7 +12,7 @@ import functools
 import logging
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,13 +25,19 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from chat import llm, selectors, services
-from chat.agent import Emit, Message, ModelReply, ToolCall, ToolOutcome, TurnResult, run_turn
+from chat.agent import Emit, Message, ModelReply, ToolCall, ToolOutcome, TurnResult, mask_messages, mask_text, run_turn
 from chat.models import Conversation
 from chat.toolbox import Toolbox, ToolContext
 
 logger = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "Something went wrong on our side. Please try again in a moment."
+TOO_LONG = (
+    "This conversation has reached its length limit. Please start a new conversation "
+    "(the \u201cNew conversation\u201d button) to go on."
+)
+
+SecretFinder = Callable[[str], list[str]]
 
 
 @functools.cache
@@ -39,11 +45,28 @@ def get_toolbox() -> Toolbox:
     return Toolbox(import_string(path) for path in settings.CHAT_TOOLS)
 
 
-class StoredTranscript:
-    """The agent's ``Transcript``: appends to the conversation's turns."""
+@functools.cache
+def _secret_finder_factory() -> Callable[[int], SecretFinder] | None:
+    path = settings.CHAT_SECRET_FINDER
+    return import_string(path) if path else None
 
-    def __init__(self, conversation_id: uuid.UUID) -> None:
+
+def secret_finder(customer_id: int | None) -> SecretFinder | None:
+    """What finds the verified customer's secrets in free text (``CHAT_SECRET_FINDER``); sync, may query."""
+    factory = _secret_finder_factory()
+    return factory(customer_id) if factory and customer_id is not None else None
+
+
+class StoredTranscript:
+    """The agent's ``Transcript``: appends to the conversation's turns.
+
+    With ``find_secrets``, the verified customer's secrets found in what the customer or the model
+    wrote are masked before it is stored (and in the earlier turns that hold them).
+    """
+
+    def __init__(self, conversation_id: uuid.UUID, find_secrets: SecretFinder | None = None) -> None:
         self.conversation_id = conversation_id
+        self.find_secrets = find_secrets
 
     async def append(
         self,
@@ -53,6 +76,15 @@ class StoredTranscript:
         secrets: Iterable[str] = (),
         fallback: bool = False,
     ) -> None:
+        if self.find_secrets is not None:
+            found = [
+                secret
+                for message in messages
+                if message.get("role") in ("user", "assistant") and isinstance(message.get("content"), str)
+                for secret in self.find_secrets(message["content"])
+            ]
+            messages = mask_messages(messages, found)
+            secrets = [*secrets, *found]
         meta: dict[str, Any] = {"is_fallback": fallback}
         if reply is not None:
             meta.update(
@@ -94,23 +126,41 @@ class Attached:
 
 
 def conversation_attach(
-    *, session_key: str, client_address: str | None, conversation_id: uuid.UUID | None = None, new: bool = False
+    *,
+    session_key: str,
+    client_address: str | None,
+    conversation_id: uuid.UUID | None = None,
+    new: bool = False,
+    before_start: Callable[[], None] | None = None,
 ) -> Attached:
-    """The session's conversation to show, with its replay; a new one when asked or when it has none."""
+    """The session's conversation to show, with its replay; a new one when asked or when it has none.
+
+    ``before_start`` runs before a conversation is started and may refuse it by raising.
+    """
     conversation = None if new else selectors.conversation_for_session(
         session_key=session_key, conversation_id=conversation_id
     )
     if conversation is None:
+        if before_start is not None:
+            before_start()
         conversation = services.conversation_start(session_key=session_key, client_address=client_address)
         return Attached(conversation, True, [])
     return Attached(conversation, False, selectors.conversation_replay_frames(conversation_id=conversation.id))
 
 
-def _turn_context(conversation_id: uuid.UUID) -> tuple[list[Message], ToolContext]:
+@dataclass
+class TurnContext:
+    history: list[Message]
+    tools: ToolContext
+    find_secrets: SecretFinder | None
+
+
+def _turn_context(conversation_id: uuid.UUID) -> TurnContext:
+    """What a turn starts from, read at once; the connection is checked first (a restarted database)."""
     conversation = Conversation.objects.get(id=conversation_id)
     history = selectors.conversation_history(conversation_id=conversation_id)
     context = ToolContext(conversation_id, conversation.customer_id, conversation.client_address)
-    return history, context
+    return TurnContext(history, context, secret_finder(conversation.customer_id))
 
 
 # ONE TURN AT A TIME
@@ -213,24 +263,35 @@ async def conversation_respond(
 
     Turns of one conversation never overlap: a turn waits for the one before it, and only then is the
     customer's message shown to the conversation's other sockets, so every screen shows the same order.
-    A greeting asked for a conversation that already has one does nothing.
+    A greeting asked for a conversation that already has one does nothing. A message past
+    ``CHAT_MAX_CUSTOMER_MESSAGES`` is refused (``conversation_too_long``) without a model call. Once the
+    conversation is verified, the customer's secrets in the message are masked before anyone sees it.
     """
     async with conversation_lock(conversation_id):
         try:
-            history, context = await database_sync_to_async(_turn_context)(conversation_id)
+            turn = await database_sync_to_async(_turn_context)(conversation_id)
+            history = turn.history
             if customer_text is None and not _needs_greeting(history):
                 return TurnResult("answered", 0)
             if customer_text is not None:
+                if sum(message["role"] == "user" for message in history) >= settings.CHAT_MAX_CUSTOMER_MESSAGES:
+                    await emit({"type": "error", "code": "conversation_too_long", "message": TOO_LONG, "refused": True})
+                    return TurnResult("error", 0)
+                if turn.find_secrets is not None:
+                    customer_text = mask_text(customer_text, turn.find_secrets(customer_text))
                 await emit({"type": "message", "role": "user", "text": customer_text})
             await emit({"type": "typing"})
             return await run_turn(
                 model=llm.get_chat_model(),
-                tools=ConversationTools(get_toolbox(), context),
-                transcript=StoredTranscript(conversation_id),
+                tools=ConversationTools(get_toolbox(), turn.tools),
+                transcript=StoredTranscript(conversation_id, turn.find_secrets),
                 history=history,
                 emit=emit,
                 customer_text=customer_text,
                 max_model_calls=settings.CHAT_MAX_MODEL_CALLS,
+                max_tool_calls_per_reply=settings.CHAT_MAX_TOOL_CALLS_PER_REPLY,
+                max_tool_result_chars=settings.CHAT_MAX_TOOL_RESULT_CHARS,
+                history_token_budget=settings.CHAT_HISTORY_TOKEN_BUDGET,
             )
         except Exception:
             logger.exception("turn failed in conversation %s", conversation_id)

@@ -128,6 +128,8 @@ DATABASES = {
     "default": dj_database_url.parse(
         env("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        # A connection the database dropped (a restart, a failover) is replaced, not reused and failed on.
+        conn_health_checks=env_bool("DATABASE_CONN_HEALTH_CHECKS", True),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -158,6 +160,13 @@ if _REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1500}}}
+
+# CACHE: the flood limits' counters, shared by every server process (LocMem would be per process).
+if _REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _REDIS_URL}}
+else:
+    # The table is made by a migration (chat 0004), so `migrate` is the only set-up step.
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "chat_cache"}}
 
 # AUTH
 AUTH_PASSWORD_VALIDATORS = [
@@ -226,6 +235,27 @@ CHAT_TOOLS = [
 VERIFY_MAX_FAILURES = env_int("VERIFY_MAX_FAILURES", 5)
 VERIFY_MAX_FAILURES_PER_ADDRESS = env_int("VERIFY_MAX_FAILURES_PER_ADDRESS", 20)
 VERIFY_LOCKOUT_SECONDS = env_int("VERIFY_LOCKOUT_SECONDS", 15 * 60)
+
+# LIMITS
+# Flooding: per browser session and per client address, within a sliding minute / hour. Over a limit the
+# socket gets an ``error`` frame (``rate_limited`` / ``too_many_connections``) and no model call is made.
+CHAT_MESSAGES_PER_MINUTE = env_int("CHAT_MESSAGES_PER_MINUTE", 20)
+CHAT_MESSAGES_PER_MINUTE_PER_ADDRESS = env_int("CHAT_MESSAGES_PER_MINUTE_PER_ADDRESS", 600)
+CHAT_SOCKETS_PER_SESSION = env_int("CHAT_SOCKETS_PER_SESSION", 10)
+CHAT_SOCKETS_PER_ADDRESS = env_int("CHAT_SOCKETS_PER_ADDRESS", 200)
+CHAT_CONVERSATIONS_PER_HOUR = env_int("CHAT_CONVERSATIONS_PER_HOUR", 30)
+CHAT_CONVERSATIONS_PER_HOUR_PER_ADDRESS = env_int("CHAT_CONVERSATIONS_PER_HOUR_PER_ADDRESS", 500)
+# A conversation takes at most this many customer messages; then the customer is asked to start anew.
+CHAT_MAX_CUSTOMER_MESSAGES = env_int("CHAT_MAX_CUSTOMER_MESSAGES", 100)
+# What the model receives: the system prompt and the newest messages within this estimate (chars / 4).
+CHAT_HISTORY_TOKEN_BUDGET = env_int("CHAT_HISTORY_TOKEN_BUDGET", 12000)
+# A tool result longer than this is cut, with a note saying so.
+CHAT_MAX_TOOL_RESULT_CHARS = env_int("CHAT_MAX_TOOL_RESULT_CHARS", 4000)
+# Tool calls run per model response; further calls are answered with an error and never run.
+CHAT_MAX_TOOL_CALLS_PER_REPLY = env_int("CHAT_MAX_TOOL_CALLS_PER_REPLY", 8)
+# Finds secrets of the verified customer in free text (``(customer_id) -> (text -> secrets)``), so a key
+# typed again after verification, or echoed by the model, is masked too.
+CHAT_SECRET_FINDER = env("CHAT_SECRET_FINDER", "tickets.services.apikey_finder")
 
 # TRANSCRIPTS
 # purge_transcripts without --older-than deletes conversations idle this many days; unset keeps them.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
@@ -22,6 +24,33 @@ _NO_KEY_DIGEST = "0" * 64
 
 def apikey_digest(raw_key: str) -> str:
     return hmac.new(settings.API_KEY_SECRET.encode(), raw_key.encode(), hashlib.sha256).hexdigest()
+
+
+# What could be a key in free text: a run of characters without spaces, quotes or brackets.
+_KEY_CANDIDATE = re.compile(r"""[^\s"'“”‘’`,;()\[\]{}<>]{1,256}""")
+
+
+def apikey_finder(customer_id: int) -> Callable[[str], list[str]]:
+    """A function giving the words of a text that are one of the customer's active API keys.
+
+    One query now, none per call: each word costs one HMAC (about 2 µs), so a key the customer types
+    again after verification, or that a model echoes, is found and can be masked before it is stored.
+    """
+    digests = set(
+        ApiKey.objects.filter(customer_id=customer_id, revoked_at__isnull=True).values_list("digest", flat=True)
+    )
+
+    def find(text: str) -> list[str]:
+        if not digests:
+            return []
+        found = []
+        for word in set(_KEY_CANDIDATE.findall(text)):
+            for candidate in {word, word.rstrip(".!?:")}:  # the sentence's full stop is not the key's
+                if candidate and apikey_digest(candidate) in digests:
+                    found.append(candidate)
+        return found
+
+    return find
 
 
 def apikey_visible_prefix(raw_key: str) -> str:

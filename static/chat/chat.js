@@ -218,8 +218,9 @@
     const node = element("div", "notice", message);
     node.dataset.code = String(frame.code || "");
     append(node, { replay: frame.replay });
-    // An error ends the turn (a refused frame gets no "idle" of its own): stop showing the agent at work.
-    if (!frame.replay) setBusy(false);
+    // An error ends the turn (a bad frame gets no "idle" of its own): stop showing the agent at work.
+    // A refusal ("refused": true) does not: the server follows it with "idle" unless a turn is running.
+    if (!frame.replay && !frame.refused) setBusy(false);
   }
 
   function handleFrame(frame) {
