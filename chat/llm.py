@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -47,9 +48,10 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("model_
 
 
 class _NoTimeToRetry(Exception):
-    def __init__(self, status: int | None) -> None:
+    def __init__(self, status: int | None, timed_out: bool) -> None:
         super().__init__(f"no time left to retry (status {status})")
         self.status = status
+        self.timed_out = timed_out
 
 
 class BoundedRetriesClient(openai.AsyncOpenAI):
@@ -68,7 +70,9 @@ class BoundedRetriesClient(openai.AsyncOpenAI):
         delay = self._calculate_retry_timeout(max_retries - retries_taken, options, headers)
         deadline = _deadline.get()
         if deadline is not None and time.monotonic() + delay >= deadline:
-            raise _NoTimeToRetry(response.status_code if response is not None else None)
+            failure = sys.exc_info()[1]  # called while handling the failed attempt's exception
+            timed_out = isinstance(failure, httpx2.TimeoutException | openai.APITimeoutError)
+            raise _NoTimeToRetry(response.status_code if response is not None else None, timed_out)
         await asyncio.sleep(delay)
 
 
@@ -101,7 +105,7 @@ class OpenAIChatModel:
             raise TIMEOUT() from error
         except _NoTimeToRetry as error:
             logger.warning("the model endpoint asked to wait past the reply's deadline (%s)", error.status)
-            raise (BUSY() if error.status == 429 else UNREACHABLE() if error.status is None else FAILED()) from error
+            raise _no_time_to_retry_error(error) from error
         except openai.APIError as error:
             raise _model_error(error) from error
         except (ValueError, KeyError, TypeError, AttributeError, httpx2.HTTPError) as error:
@@ -173,6 +177,9 @@ class OpenAIChatModel:
                 raise
             raise CUT_OFF() from error
         if not finished:
+            content_type = stream.response.headers.get("content-type", "")
+            if not text and not calls and "event-stream" not in content_type:
+                raise GARBLED()  # not a stream at all, e.g. an HTML error page from a proxy
             raise CUT_OFF()
         reply.content = "".join(text)
         reply.tool_calls = [
@@ -180,6 +187,14 @@ class OpenAIChatModel:
             for index, call in sorted(calls.items())
         ]
         return reply
+
+
+def _no_time_to_retry_error(error: _NoTimeToRetry) -> ModelError:
+    if error.timed_out:
+        return TIMEOUT()
+    if error.status == 429:
+        return BUSY()
+    return UNREACHABLE() if error.status is None else FAILED()
 
 
 def _model_error(error: openai.APIError) -> ModelError:
