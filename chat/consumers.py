@@ -15,7 +15,7 @@ from django.contrib.sessions.backends.base import SessionBase
 from chat import limits
 from chat.frames import FrameError, parse_client_frame
 from chat.limits import Refused
-from chat.runtime import Attached, conversation_attach, conversation_busy, conversation_respond
+from chat.runtime import Attached, conversation_attach, conversation_busy, conversation_lock, conversation_respond
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     group: str
     session_key: str | None = None
     client_address: str | None = None
+    _idle_waiter: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         session = self.scope.get("session")
@@ -93,8 +94,20 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self._start_turn(None)
         elif not await conversation_busy(self.conversation_id):
             await self.send_json({"type": "idle"})
+        else:
+            # The running turn sends its idle to everyone; but if its process died, only the lease's
+            # expiry ends it, and nobody would say so: this socket hears it once the conversation is free.
+            self._idle_waiter = asyncio.create_task(self._idle_when_free())
+
+    async def _idle_when_free(self) -> None:
+        async with conversation_lock(self.conversation_id):
+            pass
+        # Through the layer, behind the turn's last frames, which travel the same way.
+        await self.channel_layer.send(self.channel_name, {"type": "chat.frame", "frame": {"type": "idle"}})
 
     async def disconnect(self, code: int) -> None:
+        if self._idle_waiter is not None:
+            self._idle_waiter.cancel()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
         if self.session_key is not None:

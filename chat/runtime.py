@@ -171,7 +171,7 @@ def _turn_context(conversation_id: uuid.UUID) -> TurnContext:
 # turn runs and expiring on its own if the process dies. Across processes the lease gives exclusion,
 # not strict arrival order: waiters in different processes poll for it.
 
-LEASE_SECONDS = 30
+LEASE_SECONDS = 15  # how long a dead process's turn can block its conversation
 LEASE_POLL_SECONDS = 0.05
 
 _locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()

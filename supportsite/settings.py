@@ -155,7 +155,13 @@ if _REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [_REDIS_URL], "capacity": 1500, "expiry": 60},
+            # redis-py 8 reads with a 5 s socket timeout by default, exactly the layer's 5 s blocking pop:
+            # an idle socket's receive then fails and daphne closes it with 1011. Read for longer.
+            "CONFIG": {
+                "hosts": [{"address": _REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
+                "capacity": 1500,
+                "expiry": 60,
+            },
         }
     }
 else:
