@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+
+# C0 controls (but tab and line breaks) and DEL: nothing a customer types, something to confuse logs and pages.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class FrameError(Exception):
@@ -38,8 +42,9 @@ def parse_client_frame(text: str | None) -> MessageFrame:
         frame = MessageFrame.model_validate(data)
     except ValidationError as error:
         raise FrameError("bad_frame", 'A message needs a "text" string.') from error
-    if "\x00" in frame.text:
+    if _CONTROL.search(frame.text):
         raise FrameError("bad_text", "Your message contains characters we can't accept.")
+    frame.text = frame.text.strip()  # Python's idea of whitespace is wider than the validator's
     if not frame.text:
         raise FrameError("empty_message", "Your message is empty. Please type something first.")
     if len(frame.text) > settings.CHAT_MAX_MESSAGE_CHARS:
