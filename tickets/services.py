@@ -43,12 +43,12 @@ def apikey_finder(customer_id: int) -> Callable[[str], list[str]]:
     def find(text: str) -> list[str]:
         if not digests:
             return []
-        found = []
-        for word in set(_KEY_CANDIDATE.findall(text)):
-            for candidate in {word, word.rstrip(".!?:")}:  # the sentence's full stop is not the key's
+        found: dict[str, None] = {}
+        for word in dict.fromkeys(_KEY_CANDIDATE.findall(text)):
+            for candidate in (word, word.rstrip(".!?:")):  # the sentence's full stop is not the key's
                 if candidate and apikey_digest(candidate) in digests:
-                    found.append(candidate)
-        return found
+                    found[candidate] = None
+        return list(found)
 
     return find
 
