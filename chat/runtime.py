@@ -190,6 +190,20 @@ def _lease_redis_url() -> str | None:
     return host if isinstance(host, str) else None
 
 
+_lease_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _lease_client(url: str) -> redis.asyncio.Redis:
+    """One Redis client (and connection pool) per event loop, shared by every turn: no client per turn."""
+    loop = asyncio.get_running_loop()
+    client = _lease_clients.get(loop)
+    if client is None:
+        client = _lease_clients[loop] = redis.asyncio.Redis.from_url(url)
+    return client
+
+
 def _lease_name(conversation_id: uuid.UUID) -> str:
     return f"chat:turn-lease:{conversation_id.hex}"
 
@@ -202,26 +216,24 @@ async def conversation_busy(conversation_id: uuid.UUID) -> bool:
     url = _lease_redis_url()
     if url is None:
         return False
-    async with redis.asyncio.Redis.from_url(url) as client:
-        return bool(await client.exists(_lease_name(conversation_id)))
+    return bool(await _lease_client(url).exists(_lease_name(conversation_id)))
 
 
 @asynccontextmanager
 async def _redis_lease(url: str, conversation_id: uuid.UUID) -> AsyncIterator[None]:
-    async with redis.asyncio.Redis.from_url(url) as client:
-        lease = client.lock(
-            _lease_name(conversation_id), timeout=LEASE_SECONDS, sleep=LEASE_POLL_SECONDS, thread_local=False
-        )
-        await lease.acquire()
-        renewal = asyncio.create_task(_renew(lease, conversation_id))
+    lease = _lease_client(url).lock(
+        _lease_name(conversation_id), timeout=LEASE_SECONDS, sleep=LEASE_POLL_SECONDS, thread_local=False
+    )
+    await lease.acquire()
+    renewal = asyncio.create_task(_renew(lease, conversation_id))
+    try:
+        yield
+    finally:
+        renewal.cancel()
         try:
-            yield
-        finally:
-            renewal.cancel()
-            try:
-                await lease.release()
-            except redis.exceptions.LockError:
-                logger.warning("the turn lease of conversation %s had expired", conversation_id)
+            await lease.release()
+        except redis.exceptions.LockError:
+            logger.warning("the turn lease of conversation %s had expired", conversation_id)
 
 
 async def _renew(lease: redis.asyncio.lock.Lock, conversation_id: uuid.UUID) -> None:
