@@ -323,3 +323,24 @@ def test_staff_resolves_a_ticket_in_admin_and_the_chat_reports_it(staff_password
     expect(page.locator("#chat")).to_have_attribute("data-turn", "idle")
     say(page, 'My username is "john_doe" and my API key is "key". How is ticket 12345?')
     expect(agent_messages(page).last).to_contain_text("Resolved")
+
+
+def test_a_message_sent_during_a_reply_shows_after_that_reply(page: Page) -> None:
+    """The page shows the stored order: the answer to the first message stays above the second."""
+    open_chat(page)
+    # Both typed and sent at once: the second goes while the first answer is still streaming in.
+    page.get_by_label("Your message").evaluate(
+        """(box) => {
+            for (const text of ["my username is john_doe", "what can you do?"]) {
+                box.value = text;
+                box.dispatchEvent(new KeyboardEvent("keydown", {key: "Enter", bubbles: true}));
+            }
+        }"""
+    )
+    expect(agent_messages(page)).to_have_count(3)
+    expect(page.locator("#chat")).to_have_attribute("data-turn", "idle")
+    order = page.locator("#chat-log .message .bubble").all_inner_texts()
+    assert order[1] == "my username is john_doe"
+    assert "API key" in order[2]
+    assert order[3] == "what can you do?"
+    assert "API key" in order[4] and len(order) == 5

@@ -49,6 +49,10 @@
     tools: new Map(), // tool call id -> {node, label, args}
     // Replayed history goes before this node: the customer's queued messages stay below it.
     replayAnchor: null,
+    // The customer's sent messages whose turn has not started yet (the agent is still answering an
+    // earlier one): what the agent says now goes above them, so the page shows the stored order.
+    waiting: [],
+    turnsToSkip: 0, // "typing" frames that start turns other than the customer's own (greeting, other tabs)
     // The view sticks to the newest message until the customer scrolls up to read older ones.
     following: true,
   };
@@ -83,9 +87,21 @@
 
   /** Add a node to the log; a replayed one goes above the customer's still-queued messages. */
   function append(node, { replay = false, force = false } = {}) {
-    const anchor = replay && state.replayAnchor?.isConnected ? state.replayAnchor : null;
+    const anchor = replay ? (state.replayAnchor?.isConnected ? state.replayAnchor : null) : waitingAnchor();
     log.insertBefore(node, anchor);
     if (force || state.following) scrollToBottom();
+  }
+
+  function waitingAnchor() {
+    state.waiting = state.waiting.filter((node) => node.isConnected);
+    return state.waiting[0] ?? null;
+  }
+
+  /** A turn starts: the customer's oldest waiting message, unless the turn is someone else's. */
+  function onTurnStarted() {
+    if (state.turnsToSkip > 0) state.turnsToSkip -= 1;
+    else state.waiting.shift();
+    setBusy(true);
   }
 
   function setConnection(kind) {
@@ -113,6 +129,8 @@
     discardStreaming();
     state.tools.clear();
     log.replaceChildren();
+    state.waiting = [];
+    state.turnsToSkip = 0;
     setBusy(false);
   }
 
@@ -177,12 +195,15 @@
     document.dispatchEvent(
       new CustomEvent("chat:conversation", { detail: { id: frame.id, resumed: Boolean(frame.resumed) } }),
     );
+    if (!frame.resumed) state.turnsToSkip = 1; // the greeting
     flushQueue();
   }
 
   function onMessage(frame) {
     const text = typeof frame.text === "string" ? frame.text : "";
     if (frame.role === "user") {
+      if (!frame.replay) state.turnsToSkip += 1; // another tab's message: the next turn is its
+
       append(messageNode("user", text), { replay: frame.replay });
       return;
     }
@@ -214,6 +235,7 @@
 
   function onError(frame) {
     discardStreaming();
+    if (frame.refused && !frame.replay) state.waiting.pop(); // that message gets no turn
     const message = typeof frame.message === "string" && frame.message ? frame.message : "Something went wrong.";
     const node = element("div", "notice", message);
     node.dataset.code = String(frame.code || "");
@@ -234,7 +256,7 @@
         onMessage(frame);
         break;
       case "typing":
-        setBusy(true);
+        onTurnStarted();
         break;
       case "delta":
         onDelta(frame);
@@ -327,6 +349,7 @@
       state.queue.shift();
       item.node.classList.remove("is-queued");
       item.node.querySelector(".message-meta")?.remove();
+      state.waiting.push(item.node);
       setBusy(true); // the agent answers every message; show it working right away
     }
   }
@@ -345,7 +368,8 @@
     node.classList.add("is-queued");
     node.querySelector(".bubble").append(element("span", "message-meta", "Sending when reconnected…"));
     state.queue.push({ text, node });
-    append(node, { force: true });
+    log.append(node); // the newest thing on the page, below anything still waiting
+    scrollToBottom();
     input.value = "";
     onInput();
     flushQueue();
