@@ -30,6 +30,7 @@
   const wsPath = root.dataset.wsPath || "/ws/chat/";
   const BACKOFF_START_MS = 500;
   const BACKOFF_MAX_MS = 10000;
+  const RATE_LIMITED_RETRY_MS = 60000;
   const NEAR_BOTTOM_PX = 96;
   const CONNECTION_LABELS = {
     connecting: "Connecting…",
@@ -237,9 +238,13 @@
     discardStreaming();
     if (frame.refused && !frame.replay) state.waiting.pop(); // that message gets no turn
     const message = typeof frame.message === "string" && frame.message ? frame.message : "Something went wrong.";
-    const node = element("div", "notice", message);
-    node.dataset.code = String(frame.code || "");
-    append(node, { replay: frame.replay });
+    const last = log.lastElementChild;
+    const repeated = !frame.replay && last?.classList.contains("notice") && last.textContent === message;
+    if (!repeated) {
+      const node = element("div", "notice", message);
+      node.dataset.code = String(frame.code || "");
+      append(node, { replay: frame.replay });
+    }
     // An error ends the turn (a bad frame gets no "idle" of its own): stop showing the agent at work.
     // A refusal ("refused": true) does not: the server follows it with "idle" unless a turn is running.
     if (!frame.replay && !frame.refused) setBusy(false);
@@ -299,21 +304,22 @@
       }
       handleFrame(frame);
     });
-    socket.addEventListener("close", () => {
+    socket.addEventListener("close", (event) => {
       if (socket !== state.socket) return; // a socket we replaced on purpose
       state.socket = null;
       state.attached = false;
       discardStreaming();
       setBusy(false);
-      scheduleReconnect();
+      // 4429: the server refused this client for now (too many sockets); ask again in a minute, not at once.
+      scheduleReconnect(event.code === 4429 ? RATE_LIMITED_RETRY_MS : null);
     });
   }
 
-  function scheduleReconnect() {
+  function scheduleReconnect(wait = null) {
     setConnection("reconnecting");
     // Exponential backoff with jitter, so a restarted server is not hit by every tab at once.
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * 2 ** state.attempt);
-    const delay = Math.min(BACKOFF_MAX_MS, base * (0.8 + Math.random() * 0.4));
+    const delay = wait ?? Math.min(BACKOFF_MAX_MS, base * (0.8 + Math.random() * 0.4));
     state.attempt += 1;
     clearTimeout(state.reconnectTimer);
     state.reconnectTimer = setTimeout(connect, delay);
