@@ -121,7 +121,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             frame = parse_client_frame(text_data)
         except FrameError as error:
-            await self.send_json({"type": "error", "code": error.code, "message": error.message})
+            await self._refuse(Refused(error.code, error.message))
             return
         queued = sum(task.get_name() == _turn_name(self.conversation_id) for task in running_turns)
         if queued >= MAX_QUEUED_TURNS:

@@ -250,6 +250,8 @@ async def test_a_bad_frame_gets_an_error_and_the_socket_keeps_working(model, fra
     error = await communicator.receive_json_from()
     assert error["type"] == "error" and error["code"] == code, error
     assert words in error["message"]
+    assert error["refused"] is True, "the page must know no turn starts for it"
+    assert await communicator.receive_json_from() == {"type": "idle"}
     assert await communicator.receive_nothing(timeout=0.05)
     assert model.calls == calls
     assert await stored_turns(conversation_id) == [("assistant", GREETING)]

@@ -96,7 +96,8 @@ def test_the_socket_answers_every_frame_and_stays_usable(quick_model, texts):
                 parse_client_frame(text)
             except FrameError as error:
                 frame = await communicator.receive_json_from(timeout=10)
-                assert frame == {"type": "error", "code": error.code, "message": error.message}
+                assert frame == {"type": "error", "code": error.code, "message": error.message, "refused": True}
+                assert await communicator.receive_json_from(timeout=10) == {"type": "idle"}
                 continue
             frames = await until_idle(communicator)
             assert not [f for f in frames if f["type"] == "error"], frames

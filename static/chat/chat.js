@@ -245,8 +245,8 @@
       node.dataset.code = String(frame.code || "");
       append(node, { replay: frame.replay });
     }
-    // An error ends the turn (a bad frame gets no "idle" of its own): stop showing the agent at work.
-    // A refusal ("refused": true) does not: the server follows it with "idle" unless a turn is running.
+    // A failed turn's error ends it. A refusal ("refused": true: a bad frame, a rate limit) does not:
+    // the server follows it with "idle" unless a turn is running, which goes on.
     if (!frame.replay && !frame.refused) setBusy(false);
   }
 
