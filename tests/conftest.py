@@ -3,13 +3,15 @@ model over the network: only loopback servers that a test starts itself may be c
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import httpx2
 import pytest
+from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.core.management import call_command
 
-from chat import llm, runtime
+from chat import consumers, llm, runtime
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +50,17 @@ SEED_MESSAGES = [
     "Yea it's: 12345",
     "That's it, thanks.",
 ]
+
+
+@pytest.fixture
+async def no_turn_left_running():
+    """For socket tests: a channel layer of the test's own event loop (the Redis layer must not outlive
+    its loop), and no turn may still be running when the test is over."""
+    channel_layers.backends.clear()
+    yield
+    if consumers.running_turns:
+        await asyncio.wait(list(consumers.running_turns), timeout=10)
+    assert not consumers.running_turns, "a turn was still running after the test"
+    layer = channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
+    if hasattr(layer, "close_pools"):
+        await layer.close_pools()

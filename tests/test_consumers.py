@@ -10,8 +10,6 @@ import asyncio
 import uuid
 
 import pytest
-from channels import DEFAULT_CHANNEL_LAYER
-from channels.layers import channel_layers
 
 from chat import consumers, llm, runtime
 from chat.agent import ModelError
@@ -30,7 +28,7 @@ from tests.ws_support import (
     until_idle,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_turn_left_running")]
 
 
 @pytest.fixture
@@ -45,19 +43,6 @@ def model(monkeypatch) -> ScriptedModel:
     monkeypatch.setattr(llm, "get_chat_model", get_chat_model)
     return scripted
 
-
-@pytest.fixture(autouse=True)
-async def _no_turn_left_running():
-    """Each test gets a channel layer of its own event loop (the Redis layer must not outlive its loop);
-    and no turn may still be running when the test is over."""
-    channel_layers.backends.clear()
-    yield
-    if consumers.running_turns:
-        await asyncio.wait(list(consumers.running_turns), timeout=10)
-    assert not consumers.running_turns, "a turn was still running after the test"
-    layer = channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
-    if hasattr(layer, "close_pools"):
-        await layer.close_pools()
 
 
 async def greeted(session_key: str | None, *, new: bool = False):

@@ -13,12 +13,10 @@ import uuid
 from typing import Any
 
 import pytest
-from channels import DEFAULT_CHANNEL_LAYER
-from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 
-from chat import consumers, limits, llm
+from chat import limits, llm
 from chat.agent import CUT_NOTE, ModelReply, ToolCall, estimate_tokens, trim_history
 from chat.prompts import SYSTEM_PROMPT
 from supportsite.asgi import application
@@ -34,19 +32,8 @@ from tests.hardening_support import (
 )
 from tests.ws_support import ORIGIN, TIMEOUT, ScriptedModel, new_session_key, of_type, until_idle
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_turn_left_running")]
 
-
-@pytest.fixture(autouse=True)
-async def _fresh_layer_and_no_turn_left():
-    channel_layers.backends.clear()
-    yield
-    if consumers.running_turns:
-        await asyncio.wait(list(consumers.running_turns), timeout=10)
-    assert not consumers.running_turns
-    layer = channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
-    if hasattr(layer, "close_pools"):
-        await layer.close_pools()
 
 
 @pytest.fixture

@@ -5,33 +5,19 @@ stored as an answer, and the next message works."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
-from channels import DEFAULT_CHANNEL_LAYER
-from channels.layers import channel_layers
 
-from chat import consumers, llm
+from chat import llm
 from tests.fake_openai import FakeOpenAI, Reply, error_reply, stream_reply, text_deltas
 from tests.ws_support import assistant_texts, new_session_key, of_type, open_chat, say, stored_turns, until_idle
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_turn_left_running")]
 
 REPLY_TIMEOUT = 3.0  # CHAT_REPLY_TIMEOUT_SECONDS in these tests
 MARGIN = 4.0  # for a loaded CI machine
 
-
-@pytest.fixture(autouse=True)
-async def _fresh_layer_and_no_turn_left():
-    channel_layers.backends.clear()
-    yield
-    if consumers.running_turns:
-        await asyncio.wait(list(consumers.running_turns), timeout=10)
-    assert not consumers.running_turns
-    layer = channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
-    if hasattr(layer, "close_pools"):
-        await layer.close_pools()
 
 
 @pytest.fixture
