@@ -4,37 +4,43 @@ This module knows nothing of Django, Channels or the ``openai`` package. It talk
 interfaces: a ``ChatModel`` (``chat.llm`` provides them), a ``ToolRunner`` (the tools the model may
 call) and a ``Transcript`` (where turns are stored). It runs alike from a socket, a terminal or a test.
 
-Events go out through ``emit`` as dicts shaped like the WebSocket frames of the public contract.
+Events go out through ``emit`` as the frames of ``chat.protocol``, each after what it shows is stored.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from chat import protocol
+from chat.history import cut_text, trim_history
+from chat.protocol import CustomerError
+from chat.secrets import mask_messages
+
 logger = logging.getLogger(__name__)
 
-MASK = "****"
 FALLBACK_REPLY = (
     "I'm sorry, I couldn't finish that request. Could you say it again in other words? "
     "I can verify your account and check the status of your tickets."
 )
+TOO_MANY_CALLS = "Not run: at most {limit} tool calls are run per reply. Call it again if it is still needed."
+# What the model reads when a tool that changes data was not approved (stored with the error flag).
+NOT_APPROVED = {
+    "refused": "Not run: the customer said no to this action. Do not call it again unless they ask for it.",
+    "expired": "Not run: the customer did not answer the confirmation in time. Ask whether they still want it.",
+    "superseded": "Not run: the customer wrote a new message instead of answering the confirmation. Read it.",
+    "unavailable": "Not run: the customer could not be asked to confirm this action here.",
+}
 
 Message = dict[str, Any]
-Emit = Callable[[dict[str, Any]], Awaitable[None]]
+Emit = Callable[[protocol.Frame], Awaitable[None]]
 
 
-class ModelError(Exception):
+class ModelError(CustomerError):
     """The model could not answer. ``message`` is written for the customer; ``code`` for machines."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,10 @@ class ToolCall:
     name: str
     arguments: str  # JSON text, exactly as the model wrote it
 
-    def as_api(self) -> Message:
-        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+    def as_api(self, arguments: str | None = None) -> Message:
+        """The call in the API's format, with ``arguments`` instead of the model's text when given."""
+        arguments = self.arguments if arguments is None else arguments
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": arguments}}
 
 
 @dataclass
@@ -59,12 +67,40 @@ class ModelReply:
 
 @dataclass(frozen=True)
 class ToolOutcome:
-    """What a tool call produced: ``content`` goes to the model, ``result`` to the screen."""
+    """What a tool call produced: ``content`` goes to the model, ``result`` to screens and the stored row,
+    ``is_error`` says the call failed (stored as a flag beside the result)."""
 
     content: str
-    ok: bool
+    is_error: bool
     result: Any = None
     secrets: tuple[str, ...] = ()
+    ends_turn: bool = False  # no further model call this turn (the conversation went to a person)
+
+    @classmethod
+    def failure(cls, message: str, secrets: tuple[str, ...] = ()) -> ToolOutcome:
+        """A failed call, told to the model as ``{"error": message}``."""
+        result = {"error": message}
+        return cls(content=json.dumps(result), is_error=True, result=result, secrets=secrets)
+
+
+@dataclass(frozen=True)
+class ConfirmRequest:
+    """A tool call that changes data, put to the customer before it runs: ``summary`` in plain words,
+    ``arguments`` as they may be shown (secret fields masked)."""
+
+    call_id: str
+    tool: str
+    summary: str
+    arguments: dict[str, Any]
+
+
+ConfirmDecision = Literal["approved", "refused", "expired", "superseded", "unavailable"]
+
+
+class Confirmer(Protocol):
+    """Asks the customer, and nobody else, whether a call may run; nothing the model writes can answer."""
+
+    async def confirm(self, request: ConfirmRequest) -> ConfirmDecision: ...
 
 
 class ChatModel(Protocol):
@@ -80,7 +116,14 @@ class ToolRunner(Protocol):
 
     def display_arguments(self, call: ToolCall) -> dict[str, Any] | None: ...
 
-    async def run(self, call: ToolCall) -> ToolOutcome: ...
+    def arguments_to_store(self, call: ToolCall) -> str: ...
+
+    async def run(self, call: ToolCall, *, approved: bool = False) -> ToolOutcome: ...
+
+    async def prepare(self, call: ToolCall) -> ConfirmRequest | ToolOutcome | None:
+        """What to ask before a call that changes data runs (None: run it; an outcome: answers it unrun).
+        Optional: a runner without it has no tool that changes data."""
+        ...
 
 
 class Transcript(Protocol):
@@ -89,17 +132,31 @@ class Transcript(Protocol):
         messages: list[Message],
         *,
         reply: ModelReply | None = None,
+        outcomes: Mapping[str, ToolOutcome] | None = None,
         secrets: Iterable[str] = (),
         fallback: bool = False,
-    ) -> None: ...
+    ) -> list[Message]:
+        """Store ``messages`` and return them as stored (secrets masked): what screens may show."""
+        ...
 
     async def record_error(self, code: str, message: str) -> None: ...
 
 
 @dataclass(frozen=True)
 class TurnResult:
-    outcome: Literal["answered", "fallback", "error"]
+    # "handed_off": a tool ended the turn for a person; "held": a person holds it, no model was called.
+    outcome: Literal["answered", "fallback", "error", "handed_off", "held"]
     model_calls: int
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What one turn may cost (None: unbounded)."""
+
+    max_model_calls: int = 8
+    max_tool_calls_per_reply: int | None = None
+    max_tool_result_chars: int | None = None
+    history_token_budget: int | None = None
 
 
 async def run_turn(
@@ -110,59 +167,62 @@ async def run_turn(
     history: list[Message],
     emit: Emit,
     customer_text: str | None = None,
-    max_model_calls: int = 8,
-    max_tool_calls_per_reply: int | None = None,
-    max_tool_result_chars: int | None = None,
-    history_token_budget: int | None = None,
+    customer_stored: Message | None = None,
+    bounds: Bounds = Bounds(),
+    model_reads_typed_text: bool = False,
+    confirmer: Confirmer | None = None,
 ) -> TurnResult:
     """Answer one customer message (or greet, when ``customer_text`` is None).
 
     ``history`` is the stored conversation in API format, system prompt first; it is extended in place.
-    A model failure is stored as an error turn and reported through ``emit``; what was stored before
-    it stays, and the history stays valid for the API.
+    The customer's message is stored (secrets masked) before anyone is shown it; the model reads it as
+    stored, or as typed when ``model_reads_typed_text`` (before verification, the key it must pass to a
+    tool may be one already given once); ``customer_stored``, when given, is the message as the caller already
+    stored it in the step that started the turn. A model failure is stored as an error turn and reported
+    through ``emit``; what was stored before it stays, and the history stays valid.
 
-    Bounds (None: unbounded): at most ``max_tool_calls_per_reply`` calls of one model response run,
-    the others are answered with an error and never run; a tool result longer than
-    ``max_tool_result_chars`` is cut with a note; the model receives ``trim_history(history,
-    history_token_budget)``, while the whole history is stored.
+    At most ``bounds.max_tool_calls_per_reply`` calls of one model response run, the others are answered
+    with an error and never run; a longer tool result than ``bounds.max_tool_result_chars`` is cut with a
+    note; the model receives ``trim_history(history, bounds.history_token_budget)``; the whole is stored.
+
+    A call of a tool that changes data runs only if ``confirmer`` returns "approved" for it; otherwise it
+    is answered with ``NOT_APPROVED[decision]`` (an error result the model reads) and never runs.
     """
     if customer_text is not None:
         message = {"role": "user", "content": customer_text}
-        await transcript.append([message])
-        history.append(message)
+        (stored,) = [customer_stored] if customer_stored is not None else await transcript.append([message])
+        history.append(message if model_reads_typed_text else stored)
+        await emit(protocol.message("user", stored["content"]))
+    await emit(protocol.typing())
 
     async def on_delta(text: str) -> None:
-        await emit({"type": "delta", "text": text})
+        await emit(protocol.delta(text))
 
-    for call_number in range(1, max_model_calls + 1):
+    for call_number in range(1, bounds.max_model_calls + 1):
         try:
-            reply = await model.complete(trim_history(history, history_token_budget), tools.schemas, on_delta)
+            reply = await model.complete(trim_history(history, bounds.history_token_budget), tools.schemas, on_delta)
         except ModelError as error:
             logger.warning("model call failed: %s", error)
             await transcript.record_error(error.code, error.message)
-            await emit({"type": "error", "code": error.code, "message": error.message})
+            await emit(error.frame())
             return TurnResult("error", call_number)
         if not reply.tool_calls:
             message = {"role": "assistant", "content": reply.content}
-            await transcript.append([message], reply=reply)
-            history.append(message)
-            await emit({"type": "message", "role": "assistant", "text": reply.content})
+            (stored,) = await transcript.append([message], reply=reply)
+            history.append(stored)
+            await emit(protocol.message("assistant", stored["content"]))
             return TurnResult("answered", call_number)
-        await _answer_tool_calls(
-            reply,
-            tools=tools,
-            transcript=transcript,
-            history=history,
-            emit=emit,
-            max_calls=max_tool_calls_per_reply,
-            max_result_chars=max_tool_result_chars,
+        ended = await _answer_tool_calls(
+            reply, tools=tools, transcript=transcript, history=history, emit=emit, bounds=bounds, confirmer=confirmer
         )
+        if ended:
+            return TurnResult("handed_off", call_number)
 
     message = {"role": "assistant", "content": FALLBACK_REPLY}
     await transcript.append([message], fallback=True)
     history.append(message)
-    await emit({"type": "message", "role": "assistant", "text": FALLBACK_REPLY, "fallback": True})
-    return TurnResult("fallback", max_model_calls)
+    await emit(protocol.message("assistant", FALLBACK_REPLY, fallback=True))
+    return TurnResult("fallback", bounds.max_model_calls)
 
 
 async def _answer_tool_calls(
@@ -172,151 +232,46 @@ async def _answer_tool_calls(
     transcript: Transcript,
     history: list[Message],
     emit: Emit,
-    max_calls: int | None = None,
-    max_result_chars: int | None = None,
-) -> None:
-    """Run the tool calls of ``reply`` in order (the first ``max_calls``; the rest are answered with an
-    error and never run), then store the call and all its results at once: every call id is answered."""
+    bounds: Bounds,
+    confirmer: Confirmer | None = None,
+) -> bool:
+    """Run the tool calls of ``reply`` in order (the first ``max_tool_calls_per_reply``; the rest are
+    answered with an error and never run), then store the call and all its results at once: every call
+    id is answered. True when a tool ended the turn (``ToolOutcome.ends_turn``)."""
     if reply.content:
-        await emit({"type": "message", "role": "assistant", "text": reply.content})
-    results: list[Message] = []
-    secrets: list[str] = []
+        await emit(protocol.message("assistant", reply.content))
+    outcomes: dict[str, ToolOutcome] = {}
+    limit = bounds.max_tool_calls_per_reply
     for number, call in enumerate(reply.tool_calls):
-        if max_calls is not None and number >= max_calls:
-            error = {"error": TOO_MANY_CALLS.format(limit=max_calls)}
-            results.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(error)})
-            await emit({"type": "tool", "name": call.name, "id": call.id, "status": "error", "result": error})
-            continue
-        await emit(
-            {
-                "type": "tool",
-                "name": call.name,
-                "status": "started",
-                "id": call.id,
-                "arguments": tools.display_arguments(call),
-            }
-        )
-        outcome = await tools.run(call)
-        secrets.extend(outcome.secrets)
-        content = cut_text(outcome.content, max_result_chars)
-        results.append({"role": "tool", "tool_call_id": call.id, "content": content})
-        frame: dict[str, Any] = {"type": "tool", "name": call.name, "id": call.id, "result": outcome.result}
-        frame["status"] = "done" if outcome.ok else "error"
+        if limit is not None and number >= limit:
+            outcome = ToolOutcome.failure(TOO_MANY_CALLS.format(limit=limit))
+        else:
+            outcome = await _run_call(call, tools=tools, emit=emit, confirmer=confirmer)
+        outcomes[call.id] = outcome
+        frame = protocol.tool_finished(call_id=call.id, name=call.name, failed=outcome.is_error, result=outcome.result)
         await emit(frame)
+    secrets = [secret for outcome in outcomes.values() for secret in outcome.secrets]
     assistant = {"role": "assistant", "content": reply.content or None}
-    assistant["tool_calls"] = [call.as_api() for call in reply.tool_calls]
-    stored = mask_messages([assistant, *results], secrets)
-    await transcript.append(stored, reply=reply, secrets=secrets)
-    history[:] = [*mask_messages(history, secrets), *stored]
+    assistant["tool_calls"] = [call.as_api(tools.arguments_to_store(call)) for call in reply.tool_calls]
+    results = [
+        {"role": "tool", "tool_call_id": call_id, "content": cut_text(outcome.content, bounds.max_tool_result_chars)}
+        for call_id, outcome in outcomes.items()
+    ]
+    stored = await transcript.append([assistant, *results], reply=reply, outcomes=outcomes, secrets=secrets)
+    history[:] = [*mask_messages(history, secrets), *stored]  # the model never again receives a secret learnt
+    return any(outcome.ends_turn for outcome in outcomes.values())
 
 
-# BOUNDS
-
-TOO_MANY_CALLS = "Not run: at most {limit} tool calls are run per reply. Call it again if it is still needed."
-CUT_NOTE = "\n[cut: this result was {total} characters long; only the first {kept} are shown]"
-
-
-def cut_text(text: str, max_chars: int | None) -> str:
-    """``text``, or its first ``max_chars`` characters and a note saying how much was left out."""
-    if max_chars is None or len(text) <= max_chars:
-        return text
-    return text[:max_chars] + CUT_NOTE.format(total=len(text), kept=max_chars)
-
-
-def estimate_tokens(message: Message) -> int:
-    """About four characters a token, plus a few for the message's framing."""
-    chars = len(message.get("content") or "")
-    for call in message.get("tool_calls") or []:
-        chars += len(call["function"]["name"]) + len(call["function"]["arguments"] or "")
-    return chars // 4 + 4
-
-
-def trim_history(messages: list[Message], budget: int | None) -> list[Message]:
-    """What the model receives of ``messages`` (a valid API history) within about ``budget`` tokens.
-
-    The leading system messages are always kept, then the newest whole groups that fit: a group is one
-    message, or an assistant's tool calls with all their results, so a call is never separated from its
-    results, and the kept part never starts with a tool message. The newest group is kept even when it
-    alone is over the budget: the model must see what it is answering.
-    """
-    if budget is None:
-        return messages
-    head = 0
-    while head < len(messages) and messages[head]["role"] == "system":
-        head += 1
-    groups: list[list[Message]] = []
-    for message in messages[head:]:
-        if message["role"] == "tool" and groups:
-            groups[-1].append(message)
-        else:
-            groups.append([message])
-    spent = sum(map(estimate_tokens, messages[:head]))
-    kept: list[list[Message]] = []
-    for group in reversed(groups):
-        cost = sum(map(estimate_tokens, group))
-        if kept and spent + cost > budget:
-            break
-        kept.append(group)
-        spent += cost
-    tail = [message for group in reversed(kept) for message in group]
-    while tail and tail[0]["role"] == "tool":
-        tail.pop(0)
-    return [*messages[:head], *tail]
-
-
-# SECRETS
-
-
-def mask_text(text: str, secrets: Iterable[str]) -> str:
-    """Replace each secret in free text; where it stands in quotes, only the quoted uses are masked."""
-    for secret in secrets:
-        if not secret or secret not in text:
-            continue
-        escaped = re.escape(secret)
-        quoted = re.compile(rf"""(["'“‘`]){escaped}(["'”’`])""")
-        if quoted.search(text):
-            text = quoted.sub(rf"\g<1>{MASK}\g<2>", text)
-        else:
-            text = re.sub(rf"(?<![\w-]){escaped}(?![\w-])", MASK, text)
-    return text
-
-
-def mask_value(value: Any, secrets: Iterable[str]) -> Any:
-    """Replace every string value equal to a secret, at any depth; keys are left alone."""
-    secrets = set(secrets)
-    if isinstance(value, str):
-        return MASK if value in secrets else value
-    if isinstance(value, dict):
-        return {key: mask_value(item, secrets) for key, item in value.items()}
-    if isinstance(value, list):
-        return [mask_value(item, secrets) for item in value]
-    return value
-
-
-def mask_arguments(arguments: str, secrets: Iterable[str]) -> str:
-    try:
-        parsed = json.loads(arguments)
-    except ValueError:
-        return mask_text(arguments, secrets)
-    return json.dumps(mask_value(parsed, secrets))
-
-
-def mask_messages(messages: list[Message], secrets: Iterable[str]) -> list[Message]:
-    """The messages with each secret masked in texts and tool-call arguments."""
-    secrets = [secret for secret in secrets if secret]
-    if not secrets:
-        return messages
-    masked = []
-    for message in messages:
-        message = dict(message)
-        if message.get("role") in ("user", "assistant") and isinstance(message.get("content"), str):
-            message["content"] = mask_text(message["content"], secrets)
-        if message.get("tool_calls"):
-            message["tool_calls"] = [_masked_call(call, secrets) for call in message["tool_calls"]]
-        masked.append(message)
-    return masked
-
-
-def _masked_call(call: Message, secrets: Iterable[str]) -> Message:
-    arguments = mask_arguments(call["function"]["arguments"], secrets)
-    return {**call, "function": {**call["function"], "arguments": arguments}}
+async def _run_call(call: ToolCall, *, tools: ToolRunner, emit: Emit, confirmer: Confirmer | None) -> ToolOutcome:
+    """One call: asked first when it changes data (run only on "approved"), else run at once."""
+    prepare = getattr(tools, "prepare", None)  # runners written before confirmations have no such tools
+    prepared = await prepare(call) if prepare is not None else None
+    if isinstance(prepared, ConfirmRequest):
+        decision: ConfirmDecision = await confirmer.confirm(prepared) if confirmer is not None else "unavailable"
+        if decision != "approved":
+            result = {"error": NOT_APPROVED[decision], "confirmation": decision}
+            return ToolOutcome(content=json.dumps(result), is_error=True, result=result)
+    await emit(protocol.tool_started(call_id=call.id, name=call.name, arguments=tools.display_arguments(call)))
+    if isinstance(prepared, ToolOutcome):
+        return prepared
+    return await tools.run(call, approved=True) if isinstance(prepared, ConfirmRequest) else await tools.run(call)

@@ -12,10 +12,17 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.sessions.backends.base import SessionBase
 
-from chat import limits
-from chat.frames import FrameError, parse_client_frame
-from chat.limits import Refused
-from chat.runtime import Attached, conversation_attach, conversation_busy, conversation_lock, conversation_respond
+from chat import fanout, handoff, identity, limits, modelstatus, protocol, services
+from chat.confirmations import (
+    confirmation_decide,
+    confirmation_wake,
+    confirmations_expire_all,
+    confirmations_supersede,
+)
+from chat.frames import ConfirmFrame, HumanFrame, parse_client_frame
+from chat.protocol import CustomerError
+from chat.runtime import Attached, conversation_attach, conversation_respond
+from chat.turnlock import conversation_busy, conversation_wait_free
 
 logger = logging.getLogger(__name__)
 
@@ -24,31 +31,49 @@ running_turns: set[asyncio.Task[Any]] = set()
 # Turns one conversation may have running or waiting in this process; more is a client flooding.
 MAX_QUEUED_TURNS = 5
 TOO_MANY = "Please wait for the answer to your earlier messages before sending more."
+CONFIRMATION_CLOSED = "That question was already answered or has expired; nothing was done."
 
 
 def conversation_group(conversation_id: uuid.UUID) -> str:
     return f"conversation.{conversation_id.hex}"
 
 
-def session_conversation_attach(*, session: SessionBase, client_address: str | None, new: bool) -> Attached:
-    """The conversation of the socket's browser session; a session the database doesn't hold (no
-    cookie, a made-up or expired key) is replaced by a fresh one, so no key is ever taken on trust.
+def session_conversation_attach(
+    *, session: SessionBase, client_address: str | None, new: bool
+) -> tuple[Attached, str]:
+    """The conversation of the socket's browser session, and the socket's lease; a session the database
+    doesn't hold (no cookie, a made-up or expired key) is replaced by a fresh one, so no key is ever
+    taken on trust.
 
-    Raises ``Refused`` over the flood limits (open sockets, new conversations); a socket attached is
-    counted until ``limits.socket_close``.
+    Raises a refusal (``CustomerError``) over the flood limits (open sockets, new conversations); the
+    lease is held until ``limits.socket_close`` (or its expiry, if this process dies first).
     """
     session.load()  # forgets a key the store doesn't hold, or that has expired
     if session.session_key is None:
         session.create()
     where = {"session_key": session.session_key, "client_address": client_address}
-    limits.socket_open(**where)
+    lease = limits.socket_open(**where)
     try:
-        return conversation_attach(
+        attached = conversation_attach(
             **where, new=new, before_start=lambda: limits.conversation_start_admit(**where)
         )
+        # A customer the company's website signed in is verified before the greeting (chat.identity).
+        identity.conversation_sign_in(
+            session=session, conversation=attached.conversation, client_address=client_address
+        )
     except BaseException:
-        limits.socket_close(**where)
+        limits.socket_close(lease=lease, **where)
         raise
+    return attached, lease
+
+
+def customer_message_arrive(
+    *, session_key: str, client_address: str | None, conversation_id: uuid.UUID, text: str
+) -> None:
+    """Count the message against the flood limits and, if admitted, store it to wait for its turn: one
+    database step, and from here the message outlives this process. Raises the refusal when over a limit."""
+    limits.message_admit(session_key=session_key, client_address=client_address)
+    services.customer_message_wait(conversation_id=conversation_id, text=text)
 
 
 def _turn_name(conversation_id: uuid.UUID) -> str:
@@ -64,6 +89,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     group: str
     session_key: str | None = None
     client_address: str | None = None
+    socket_lease: str | None = None
     _idle_waiter: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
@@ -74,10 +100,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         query = parse_qs(self.scope.get("query_string", b"").decode())
         client = self.scope.get("client") or (None, None)
         try:
-            attached = await database_sync_to_async(session_conversation_attach)(
+            attached, self.socket_lease = await database_sync_to_async(session_conversation_attach)(
                 session=session, client_address=client[0], new=query.get("new") == ["1"]
             )
-        except Refused as refusal:
+        except CustomerError as refusal:
             await self.accept()
             await self.send_json(refusal.frame())
             await self.close(code=limits.CLOSE_CODE)
@@ -86,61 +112,118 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.conversation_id = attached.conversation.id
         self.group = conversation_group(self.conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.channel_layer.group_add(modelstatus.STATUS_GROUP, self.channel_name)
+        fanout.listen(self.group, self.channel_name, self.chat_frame)
         await self.accept()
-        await self.send_json({"type": "conversation", "id": str(self.conversation_id), "resumed": not attached.created})
-        for frame in attached.replay:
+        await self.send_json(protocol.conversation(self.conversation_id, resumed=not attached.created))
+        if modelstatus.model_state() == "down":
+            await self.send_json(modelstatus.status_frame())
+        for frame in await self._live_replay(attached.replay):
             await self.send_json(frame)
-        if attached.created:
-            self._start_turn(None)
+        if attached.created or attached.waiting:
+            # The greeting; or messages stored and not yet taken (their process may have died): the turn
+            # waits for any running one, then answers them (and does nothing if another turn took them).
+            self._start_turn()
         elif not await conversation_busy(self.conversation_id):
-            await self.send_json({"type": "idle"})
+            await self.send_json(protocol.idle())
         else:
             # The running turn sends its idle to everyone; but if its process died, only the lease's
             # expiry ends it, and nobody would say so: this socket hears it once the conversation is free.
             self._idle_waiter = asyncio.create_task(self._idle_when_free())
 
+    async def _live_replay(self, replay: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The replay, without cards no turn waits on any more (its process died): they are expired."""
+        if not any(frame["type"] == "confirm" for frame in replay) or await conversation_busy(self.conversation_id):
+            return replay
+        await database_sync_to_async(confirmations_expire_all)(conversation_id=self.conversation_id)
+        return [frame for frame in replay if frame["type"] != "confirm"]
+
     async def _idle_when_free(self) -> None:
-        async with conversation_lock(self.conversation_id):
-            pass
+        await conversation_wait_free(self.conversation_id)
         # Through the layer, behind the turn's last frames, which travel the same way.
-        await self.channel_layer.send(self.channel_name, {"type": "chat.frame", "frame": {"type": "idle"}})
+        await self.channel_layer.send(self.channel_name, {"type": "chat.frame", "frame": protocol.idle()})
 
     async def disconnect(self, code: int) -> None:
         if self._idle_waiter is not None:
             self._idle_waiter.cancel()
         if hasattr(self, "group"):
+            fanout.unlisten(self.group, self.channel_name)
             await self.channel_layer.group_discard(self.group, self.channel_name)
-        if self.session_key is not None:
-            where = {"session_key": self.session_key, "client_address": self.client_address}
-            self.session_key = None
-            await database_sync_to_async(limits.socket_close)(**where)
+            await self.channel_layer.group_discard(modelstatus.STATUS_GROUP, self.channel_name)
+        await self._socket_release()
+
+    # THE SOCKET'S LEASE: given back however the socket ends (closed, a handler's exception, cancelled
+    # by a server shutdown); a process killed outright stops renewing it, and it expires.
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if hasattr(self, "group"):
+                fanout.unlisten(self.group, self.channel_name)
+            await asyncio.shield(self._socket_release())
+
+    async def _socket_release(self) -> None:
+        lease, self.socket_lease = self.socket_lease, None
+        if lease is not None:
+            await database_sync_to_async(limits.socket_close)(
+                lease=lease, session_key=self.session_key, client_address=self.client_address
+            )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.session_key is None:
             return  # a refused socket, closing: nothing it sends is read
         try:
             frame = parse_client_frame(text_data)
-        except FrameError as error:
-            await self._refuse(Refused(error.code, error.message))
+        except CustomerError as refusal:
+            await self._refuse(refusal)
+            return
+        if isinstance(frame, ConfirmFrame):
+            await self._confirm(frame)
             return
         queued = sum(task.get_name() == _turn_name(self.conversation_id) for task in running_turns)
         if queued >= MAX_QUEUED_TURNS:
-            await self._refuse(Refused("too_many_messages", TOO_MANY))
+            await self._refuse(CustomerError("too_many_messages", TOO_MANY, refused=True))
             return
         try:
-            await database_sync_to_async(limits.message_admit)(
-                session_key=self.session_key, client_address=self.client_address
-            )
-        except Refused as refusal:
+            if isinstance(frame, HumanFrame):  # counted like a message, and nothing to store
+                await database_sync_to_async(limits.message_admit)(
+                    session_key=self.session_key, client_address=self.client_address
+                )
+            else:
+                await database_sync_to_async(customer_message_arrive)(
+                    session_key=self.session_key,
+                    client_address=self.client_address,
+                    conversation_id=self.conversation_id,
+                    text=frame.text,
+                )
+        except CustomerError as refusal:
             await self._refuse(refusal)
             return
-        self._start_turn(frame.text)
+        if isinstance(frame, HumanFrame):
+            self._start_handoff()
+            return
+        # Writing instead of answering a pending card drops it: the turn waiting on it goes on to this message.
+        if await database_sync_to_async(confirmations_supersede)(conversation_id=self.conversation_id):
+            await confirmation_wake(self.conversation_id)
+        self._start_turn()  # takes the oldest waiting message: this one, or one queued before it
 
-    async def _refuse(self, refusal: Refused) -> None:
+    async def _confirm(self, frame: ConfirmFrame) -> None:
+        """The customer's answer to a card: decided only for this socket's own conversation, then the
+        waiting turn (in whichever process) is woken; a stale or unknown card is refused."""
+        decided = await database_sync_to_async(confirmation_decide)(
+            conversation_id=self.conversation_id, confirm_id=frame.id, approve=frame.approve
+        )
+        if decided:
+            await confirmation_wake(self.conversation_id)
+            return
+        await self._refuse(CustomerError("confirmation_closed", CONFIRMATION_CLOSED, refused=True))
+
+    async def _refuse(self, refusal: CustomerError) -> None:
         """Tell the customer why the message was not taken; the page's turn state stays right."""
         await self.send_json(refusal.frame())
         if not await conversation_busy(self.conversation_id):
-            await self.send_json({"type": "idle"})
+            await self.send_json(protocol.idle())
 
     async def chat_frame(self, event: dict[str, Any]) -> None:
         """A frame of this conversation, from whichever socket's turn produced it."""
@@ -149,18 +232,28 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return  # the sender already shows its own message
         await self.send_json(frame)
 
-    def _start_turn(self, customer_text: str | None) -> None:
-        """Run the turn as a task of its own: it finishes, and is stored, even if this socket closes."""
+    def _start_turn(self) -> None:
+        """Run a turn as a task of its own: it finishes, and is stored, even if this socket closes. It
+        answers the conversation's oldest waiting message, or greets a new conversation."""
         task = asyncio.create_task(
             conversation_respond(
-                conversation_id=self.conversation_id, emit=self._broadcast, customer_text=customer_text
+                conversation_id=self.conversation_id,
+                emit=fanout.ConversationFanout(self.channel_layer, self.group, origin=self.channel_name),
             ),
             name=_turn_name(self.conversation_id),
         )
         running_turns.add(task)
         task.add_done_callback(running_turns.discard)
 
-    async def _broadcast(self, frame: dict[str, Any]) -> None:
-        await self.channel_layer.group_send(
-            self.group, {"type": "chat.frame", "frame": frame, "origin": self.channel_name}
+
+    def _start_handoff(self) -> None:
+        """The customer asked for a person: queued behind any running turn, like a turn (and counted as one)."""
+        task = asyncio.create_task(
+            handoff.customer_asks_for_human(
+                conversation_id=self.conversation_id,
+                emit=fanout.ConversationFanout(self.channel_layer, self.group, origin=self.channel_name),
+            ),
+            name=_turn_name(self.conversation_id),
         )
+        running_turns.add(task)
+        task.add_done_callback(running_turns.discard)

@@ -40,6 +40,14 @@ def feedback_record(*, session_key: str, conversation_id: uuid.UUID, rating: str
     return feedback
 
 
+def _json_body(body: bytes) -> object:
+    """The decoded body; any failure to decode (deep nesting is a RecursionError) is a ValueError."""
+    try:
+        return json.loads(body or b"null")
+    except Exception as error:
+        raise ValueError("not readable JSON") from error
+
+
 def _bad_request(message: str) -> JsonResponse:
     return JsonResponse({"ok": False, "error": message}, status=400)
 
@@ -47,7 +55,7 @@ def _bad_request(message: str) -> JsonResponse:
 @require_POST
 def feedback_submit(request: HttpRequest) -> JsonResponse:
     try:
-        data = FeedbackInput.model_validate(json.loads(request.body or b"null"))
+        data = FeedbackInput.model_validate(_json_body(request.body))
     except ValueError:  # pydantic's ValidationError is a ValueError too
         return _bad_request('Send JSON like {"conversation": "<id>", "rating": "up" or "down", "comment": "…"}.')
     if "\x00" in data.comment:

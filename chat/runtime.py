@@ -7,27 +7,36 @@ step to store it, one per tool call. Nothing touches the database per streamed t
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
+import time
 import uuid
-import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio
-import redis.asyncio.lock
-import redis.exceptions
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import transaction
 from django.utils.module_loading import import_string
 
-from chat import llm, selectors, services
-from chat.agent import Emit, Message, ModelReply, ToolCall, ToolOutcome, TurnResult, mask_messages, mask_text, run_turn
-from chat.models import Conversation
-from chat.toolbox import Toolbox, ToolContext
+from chat import handoff, llm, protocol, selectors, services
+from chat.agent import (
+    Bounds,
+    ConfirmRequest,
+    Emit,
+    Message,
+    ModelReply,
+    ToolCall,
+    ToolOutcome,
+    TurnResult,
+    run_turn,
+)
+from chat.confirmations import ChannelConfirmer
+from chat.models import Conversation, Holder
+from chat.secrets import MaskedStream, SecretKeeper
+from chat.toolbox import Toolbox, ToolContext, get_toolbox
+from chat.turnlock import conversation_lock
 
 logger = logging.getLogger(__name__)
 
@@ -41,50 +50,46 @@ SecretFinder = Callable[[str], list[str]]
 
 
 @functools.cache
-def get_toolbox() -> Toolbox:
-    return Toolbox(import_string(path) for path in settings.CHAT_TOOLS)
-
-
-@functools.cache
 def _secret_finder_factory() -> Callable[[int], SecretFinder] | None:
     path = settings.CHAT_SECRET_FINDER
     return import_string(path) if path else None
 
 
-def secret_finder(customer_id: int | None) -> SecretFinder | None:
-    """What finds the verified customer's secrets in free text (``CHAT_SECRET_FINDER``); sync, may query."""
+def conversation_secret_keeper(conversation: Conversation) -> SecretKeeper:
+    """The conversation's secrets for a turn: the digests of those given in it, and (through
+    ``CHAT_SECRET_FINDER``) the verified customer's own keys. Sync: may query once, never per token."""
+    digests = frozenset(conversation.secret_digests)
     factory = _secret_finder_factory()
-    return factory(customer_id) if factory and customer_id is not None else None
+    customer_finder = factory(conversation.customer_id) if factory and conversation.customer_id else None
+
+    def is_secret(token: str) -> bool:
+        return services.secret_digest(token) in digests or bool(customer_finder and token in customer_finder(token))
+
+    return SecretKeeper(is_secret=is_secret if digests or customer_finder else None)
 
 
 class StoredTranscript:
-    """The agent's ``Transcript``: appends to the conversation's turns.
+    """The agent's ``Transcript``: appends to the conversation's turns, every secret masked first.
 
-    With ``find_secrets``, the verified customer's secrets found in what the customer or the model
-    wrote are masked before it is stored (and in the earlier turns that hold them).
+    Secrets learnt with the messages (a tool's secret arguments) join the keeper, and are masked in the
+    earlier turns and remembered by digest in the same transaction.
     """
 
-    def __init__(self, conversation_id: uuid.UUID, find_secrets: SecretFinder | None = None) -> None:
+    def __init__(self, conversation_id: uuid.UUID, keeper: SecretKeeper) -> None:
         self.conversation_id = conversation_id
-        self.find_secrets = find_secrets
+        self.keeper = keeper
 
     async def append(
         self,
         messages: list[Message],
         *,
         reply: ModelReply | None = None,
+        outcomes: Mapping[str, ToolOutcome] | None = None,
         secrets: Iterable[str] = (),
         fallback: bool = False,
-    ) -> None:
-        if self.find_secrets is not None:
-            found = [
-                secret
-                for message in messages
-                if message.get("role") in ("user", "assistant") and isinstance(message.get("content"), str)
-                for secret in self.find_secrets(message["content"])
-            ]
-            messages = mask_messages(messages, found)
-            secrets = [*secrets, *found]
+    ) -> list[Message]:
+        new_secrets = self.keeper.learn(secrets)
+        messages = self.keeper.mask_messages(messages)
         meta: dict[str, Any] = {"is_fallback": fallback}
         if reply is not None:
             meta.update(
@@ -93,14 +98,57 @@ class StoredTranscript:
                 prompt_tokens=reply.prompt_tokens,
                 completion_tokens=reply.completion_tokens,
             )
+        tool_results = {
+            call_id: (outcome.is_error, self.keeper.mask_frame({"result": outcome.result})["result"])
+            for call_id, outcome in (outcomes or {}).items()
+        }
         await database_sync_to_async(services.turns_append)(
-            conversation_id=self.conversation_id, messages=messages, meta=meta, secrets=list(secrets)
+            conversation_id=self.conversation_id,
+            messages=messages,
+            meta=meta,
+            tool_results=tool_results,
+            new_secrets=new_secrets,
         )
+        return messages
 
     async def record_error(self, code: str, message: str) -> None:
         await database_sync_to_async(services.turn_record_error)(
             conversation_id=self.conversation_id, code=code, message=message
         )
+
+
+class MaskedEmit:
+    """``emit`` for a turn: every frame masked by the conversation's secrets before it leaves the server.
+
+    Deltas are coalesced: the first piece of a reply goes at once, later pieces are held until
+    ``CHAT_DELTA_COALESCE_MS`` have passed since the last delta sent (checked as each piece arrives) or
+    until any other frame, so a reply costs a channel-layer message (and a masking pass) per window, not
+    per token. What is sent is masked a whole token at a time (``MaskedStream``), so a secret split across
+    pieces is still caught.
+    """
+
+    def __init__(self, emit: Emit, keeper: SecretKeeper) -> None:
+        self.emit = emit
+        self.keeper = keeper
+        self.stream = MaskedStream(keeper)
+        self.window = settings.CHAT_DELTA_COALESCE_MS / 1000
+        self.held = ""
+        self.sent_at: float | None = None
+
+    async def __call__(self, frame: protocol.Frame) -> None:
+        if frame["type"] == "delta":
+            self.held += frame["text"]
+            now = time.monotonic()
+            if self.sent_at is None or now - self.sent_at >= self.window:
+                text, self.held = self.stream.push(self.held), ""
+                if text:
+                    self.sent_at = now
+                    await self.emit(protocol.delta(text))
+            return
+        rest, self.held, self.sent_at = self.stream.push(self.held) + self.stream.flush(), "", None
+        if rest:
+            await self.emit(protocol.delta(rest))
+        await self.emit(self.keeper.mask_frame(frame))
 
 
 class ConversationTools:
@@ -114,8 +162,14 @@ class ConversationTools:
     def display_arguments(self, call: ToolCall) -> dict[str, Any] | None:
         return self.toolbox.display_arguments(call)
 
-    async def run(self, call: ToolCall) -> ToolOutcome:
-        return await database_sync_to_async(self.toolbox.run)(call, self.context)
+    def arguments_to_store(self, call: ToolCall) -> str:
+        return self.toolbox.arguments_to_store(call)
+
+    async def run(self, call: ToolCall, *, approved: bool = False) -> ToolOutcome:
+        return await database_sync_to_async(self.toolbox.run)(call, self.context, approved=approved)
+
+    async def prepare(self, call: ToolCall) -> ConfirmRequest | ToolOutcome | None:
+        return await database_sync_to_async(self.toolbox.prepare)(call, self.context)
 
 
 @dataclass
@@ -123,6 +177,7 @@ class Attached:
     conversation: Conversation
     created: bool
     replay: list[dict[str, Any]]
+    waiting: bool = False  # customer messages wait for a turn (their process died before it started)
 
 
 def conversation_attach(
@@ -145,123 +200,61 @@ def conversation_attach(
             before_start()
         conversation = services.conversation_start(session_key=session_key, client_address=client_address)
         return Attached(conversation, True, [])
-    return Attached(conversation, False, selectors.conversation_replay_frames(conversation_id=conversation.id))
+    replay = selectors.conversation_replay_frames(conversation_id=conversation.id)
+    if (status := handoff.status_frame(conversation)) is not None:  # the queue has moved since: where it is now
+        replay.append(protocol.replayed(status))
+    return Attached(conversation, False, replay, waiting=conversation.waiting_messages.exists())
 
 
 @dataclass
-class TurnContext:
+class TurnStart:
+    """What a turn starts from, read (and the customer's message taken) in one step."""
+
     history: list[Message]
     tools: ToolContext
-    find_secrets: SecretFinder | None
+    keeper: SecretKeeper
+    holder: str = "agent"  # chat.models.Holder: anything but the assistant means no model call
+    customer_text: str | None = None  # as typed
+    customer_stored: Message | None = None  # as stored (masked)
+    too_long: bool = False
 
 
-def _turn_context(conversation_id: uuid.UUID) -> TurnContext:
-    """What a turn starts from, read at once; the connection is checked first (a restarted database)."""
-    conversation = Conversation.objects.get(id=conversation_id)
+@transaction.atomic
+def turn_start(conversation_id: uuid.UUID, customer_text: str | None = None) -> TurnStart:
+    """One database step to start a turn: queue ``customer_text`` (when given) behind the messages already
+    waiting, take the oldest waiting one, store it as the customer's turn (masked) and read the history
+    before it, in one transaction. Past ``CHAT_MAX_CUSTOMER_MESSAGES`` the message is taken and not stored
+    (``too_long``). Queries stay the same however long the conversation is, but for the history itself.
+    """
+    conversation = Conversation.objects.select_for_update().get(id=conversation_id)
+    if customer_text is not None:
+        services.customer_message_wait(conversation_id=conversation_id, text=customer_text)
+    text = services.waiting_message_take(conversation=conversation)
     history = selectors.conversation_history(conversation_id=conversation_id)
     context = ToolContext(conversation_id, conversation.customer_id, conversation.client_address)
-    return TurnContext(history, context, secret_finder(conversation.customer_id))
-
-
-# ONE TURN AT A TIME
-#
-# Inside a process an ``asyncio.Lock`` per conversation queues turns in arrival order. When the channel
-# layer is Redis, several server processes may serve one conversation (two tabs behind a balancer), so
-# the turn also holds a lease in that Redis: a key that only its holder may delete, renewed while the
-# turn runs and expiring on its own if the process dies. Across processes the lease gives exclusion,
-# not strict arrival order: waiters in different processes poll for it.
-
-LEASE_SECONDS = 15  # how long a dead process's turn can block its conversation
-LEASE_POLL_SECONDS = 0.05
-
-_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
-
-
-def _lease_redis_url() -> str | None:
-    """The Redis of the channel layer, if it is one: the lease lives wherever the sockets can meet."""
-    layer = settings.CHANNEL_LAYERS.get("default", {})
-    if "redis" not in layer.get("BACKEND", "").lower():
-        return None
-    host: Any = (layer.get("CONFIG", {}).get("hosts") or [None])[0]
-    if isinstance(host, dict):
-        host = host.get("address")
-    if isinstance(host, list | tuple):
-        host = f"redis://{host[0]}:{host[1]}"
-    return host if isinstance(host, str) else None
-
-
-_lease_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _lease_client(url: str) -> redis.asyncio.Redis:
-    """One Redis client (and connection pool) per event loop, shared by every turn: no client per turn."""
-    loop = asyncio.get_running_loop()
-    client = _lease_clients.get(loop)
-    if client is None:
-        client = _lease_clients[loop] = redis.asyncio.Redis.from_url(url)
-    return client
-
-
-def _lease_name(conversation_id: uuid.UUID) -> str:
-    return f"chat:turn-lease:{conversation_id.hex}"
-
-
-async def conversation_busy(conversation_id: uuid.UUID) -> bool:
-    """Whether a turn of the conversation is running, in this process or (with Redis) any other."""
-    lock = _locks.get(conversation_id)
-    if lock is not None and lock.locked():
-        return True
-    url = _lease_redis_url()
-    if url is None:
-        return False
-    return bool(await _lease_client(url).exists(_lease_name(conversation_id)))
-
-
-@asynccontextmanager
-async def _redis_lease(url: str, conversation_id: uuid.UUID) -> AsyncIterator[None]:
-    lease = _lease_client(url).lock(
-        _lease_name(conversation_id), timeout=LEASE_SECONDS, sleep=LEASE_POLL_SECONDS, thread_local=False
+    start = TurnStart(
+        history, context, conversation_secret_keeper(conversation), conversation.holder, customer_text=text
     )
-    await lease.acquire()
-    renewal = asyncio.create_task(_renew(lease, conversation_id))
-    try:
-        yield
-    finally:
-        renewal.cancel()
-        try:
-            await lease.release()
-        except redis.exceptions.LockError:
-            logger.warning("the turn lease of conversation %s had expired", conversation_id)
-
-
-async def _renew(lease: redis.asyncio.lock.Lock, conversation_id: uuid.UUID) -> None:
-    while True:
-        await asyncio.sleep(LEASE_SECONDS / 3)
-        try:
-            await lease.reacquire()
-        except redis.exceptions.LockError:
-            logger.warning("lost the turn lease of conversation %s", conversation_id)
-            return
-
-
-@asynccontextmanager
-async def conversation_lock(conversation_id: uuid.UUID) -> AsyncIterator[None]:
-    """One turn at a time per conversation: in arrival order in this process, exclusive across processes."""
-    lock = _locks.get(conversation_id)
-    if lock is None:
-        lock = _locks[conversation_id] = asyncio.Lock()
-    async with lock:
-        url = _lease_redis_url()
-        if url is None:
-            yield
-            return
-        async with _redis_lease(url, conversation_id):
-            yield
+    if text is None or conversation.holder == Holder.CLOSED:  # a closed conversation takes no more messages
+        return start
+    if sum(message["role"] == "user" for message in history) >= settings.CHAT_MAX_CUSTOMER_MESSAGES:
+        start.too_long = True
+        return start
+    (start.customer_stored,) = start.keeper.mask_messages([{"role": "user", "content": text}])
+    services.turns_insert(conversation=conversation, messages=[start.customer_stored], meta={"is_fallback": False})
+    return start
 
 
 # THE TURN
+
+
+def turn_bounds() -> Bounds:
+    return Bounds(
+        max_model_calls=settings.CHAT_MAX_MODEL_CALLS,
+        max_tool_calls_per_reply=settings.CHAT_MAX_TOOL_CALLS_PER_REPLY,
+        max_tool_result_chars=settings.CHAT_MAX_TOOL_RESULT_CHARS,
+        history_token_budget=settings.CHAT_HISTORY_TOKEN_BUDGET,
+    )
 
 
 def _needs_greeting(history: list[Message]) -> bool:
@@ -271,47 +264,58 @@ def _needs_greeting(history: list[Message]) -> bool:
 async def conversation_respond(
     *, conversation_id: uuid.UUID, emit: Emit, customer_text: str | None = None
 ) -> TurnResult:
-    """Run one turn (the greeting when ``customer_text`` is None) and report it through ``emit``.
+    """Run one turn and report it through ``emit``: answer the conversation's oldest waiting customer
+    message (``customer_text``, when given, is stored to wait behind the others first), or greet when none
+    waits and the conversation has no greeting yet; else do nothing.
 
-    Turns of one conversation never overlap: a turn waits for the one before it, and only then is the
-    customer's message shown to the conversation's other sockets, so every screen shows the same order.
-    A greeting asked for a conversation that already has one does nothing. A message past
-    ``CHAT_MAX_CUSTOMER_MESSAGES`` is refused (``conversation_too_long``) without a model call. Once the
-    conversation is verified, the customer's secrets in the message are masked before anyone sees it.
+    Turns of one conversation never overlap: a turn waits for the one before it, and only then takes its
+    message, stores it as the customer's turn and shows it to the conversation's other sockets, so every
+    screen shows the stored order. A message stored by a process that died waits for the next turn, on
+    any process. A message past ``CHAT_MAX_CUSTOMER_MESSAGES`` is refused (``conversation_too_long``)
+    without a model call. Every frame is masked by the conversation's secrets (``chat.secrets``) before it
+    is emitted.
     """
-    async with conversation_lock(conversation_id):
-        try:
-            turn = await database_sync_to_async(_turn_context)(conversation_id)
-            history = turn.history
-            if customer_text is None and not _needs_greeting(history):
-                return TurnResult("answered", 0)
-            if customer_text is not None:
-                if sum(message["role"] == "user" for message in history) >= settings.CHAT_MAX_CUSTOMER_MESSAGES:
-                    await emit({"type": "error", "code": "conversation_too_long", "message": TOO_LONG, "refused": True})
+    try:
+        async with conversation_lock(conversation_id):
+            try:
+                turn = await database_sync_to_async(turn_start)(conversation_id, customer_text)
+                emit = MaskedEmit(emit, turn.keeper)
+                if turn.customer_text is None and not _needs_greeting(turn.history):
+                    return TurnResult("answered", 0)
+                if turn.too_long:
+                    await emit(protocol.error("conversation_too_long", TOO_LONG, refused=True))
                     return TurnResult("error", 0)
-                if turn.find_secrets is not None:
-                    customer_text = mask_text(customer_text, turn.find_secrets(customer_text))
-                await emit({"type": "message", "role": "user", "text": customer_text})
-            await emit({"type": "typing"})
-            return await run_turn(
-                model=llm.get_chat_model(),
-                tools=ConversationTools(get_toolbox(), turn.tools),
-                transcript=StoredTranscript(conversation_id, turn.find_secrets),
-                history=history,
-                emit=emit,
-                customer_text=customer_text,
-                max_model_calls=settings.CHAT_MAX_MODEL_CALLS,
-                max_tool_calls_per_reply=settings.CHAT_MAX_TOOL_CALLS_PER_REPLY,
-                max_tool_result_chars=settings.CHAT_MAX_TOOL_RESULT_CHARS,
-                history_token_budget=settings.CHAT_HISTORY_TOKEN_BUDGET,
-            )
-        except Exception:
-            logger.exception("turn failed in conversation %s", conversation_id)
-            await _record_internal_error(conversation_id)
-            await emit({"type": "error", "code": "internal_error", "message": INTERNAL_ERROR})
-            return TurnResult("error", 0)
-        finally:
-            await emit({"type": "idle"})
+                if turn.holder != "agent":  # a person is awaited or holds it: enforced here, never in the prompt
+                    if turn.customer_text is None:
+                        return TurnResult("held", 0)
+                    return await handoff.customer_message_while_held(
+                        holder=turn.holder, stored=turn.customer_stored, emit=emit
+                    )
+                result = await run_turn(
+                    model=llm.get_chat_model(),
+                    tools=ConversationTools(get_toolbox(), turn.tools),
+                    transcript=StoredTranscript(conversation_id, turn.keeper),
+                    history=turn.history,
+                    emit=emit,
+                    customer_text=turn.customer_text,
+                    customer_stored=turn.customer_stored,
+                    bounds=turn_bounds(),
+                    # Until verified, a key typed again (after a failed attempt) must reach verify_user.
+                    model_reads_typed_text=turn.tools.customer_id is None,
+                    # A tool that changes data waits here, lock held, for the customer's own answer.
+                    confirmer=ChannelConfirmer(conversation_id, emit, turn.keeper.mask_frame),
+                )
+                await handoff.after_turn(conversation_id=conversation_id, result=result, emit=emit)
+                return result
+            except Exception:
+                logger.exception("turn failed in conversation %s", conversation_id)
+                await _record_internal_error(conversation_id)
+                await emit(protocol.error("internal_error", INTERNAL_ERROR))
+                return TurnResult("error", 0)
+    finally:
+        # Once the conversation is free, so a socket hearing idle finds it free (a refusal right after it
+        # says idle too); the next turn's first frame needs a database step first, so it never overtakes.
+        await emit(protocol.idle())
 
 
 async def _record_internal_error(conversation_id: uuid.UUID) -> None:

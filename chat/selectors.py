@@ -6,7 +6,15 @@ import json
 import uuid
 from typing import Any
 
+from chat import protocol
+from chat.confirmations import confirmation_pending_frames
+from chat.history import cut_text, messages_valid_for_api
 from chat.models import Conversation, Turn
+
+# A replayed frame's text is at most this long, so every frame fits a WebSocket frame (daphne's limit is
+# 1 MiB; four bytes a character at worst). Rows written before replies were capped may be longer: the
+# replay cuts them with a note; operators and exports still have them whole.
+REPLAY_MAX_CHARS = 64_000
 
 API_ROLES = (Turn.Role.SYSTEM, Turn.Role.USER, Turn.Role.ASSISTANT, Turn.Role.TOOL)
 
@@ -19,8 +27,14 @@ def conversation_for_session(*, session_key: str, conversation_id: uuid.UUID | N
     return conversations.order_by("-created_at").first()
 
 
+STAFF_NOTE = "[{name} from the support team wrote to the customer:] {text}"
+
+
 def turn_as_message(turn: Turn) -> dict[str, Any]:
-    """A stored turn in the OpenAI chat format."""
+    """A stored turn in the OpenAI chat format. A staff member's reply is an assistant message saying who
+    wrote it; a handoff note is an assistant message as stored: roles every compatible API accepts."""
+    if turn.kind == "staff":
+        return {"role": "assistant", "content": STAFF_NOTE.format(name=turn.name, text=turn.content)}
     message: dict[str, Any] = {"role": turn.role, "content": turn.content}
     if turn.role == Turn.Role.ASSISTANT and turn.tool_calls:
         message["content"] = turn.content or None
@@ -30,68 +44,44 @@ def turn_as_message(turn: Turn) -> dict[str, Any]:
     return message
 
 
-def messages_valid_for_api(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop any tool call left without its results, and any result without its call.
-
-    Turns are stored a whole model step at a time, so this only mends histories written by other means
-    (an import, a crash of an older version); the API refuses such histories outright.
-    """
-    valid: list[dict[str, Any]] = []
-    index = 0
-    while index < len(messages):
-        message = messages[index]
-        if message["role"] == "assistant" and message.get("tool_calls"):
-            wanted = {call["id"] for call in message["tool_calls"]}
-            results = []
-            index += 1
-            while index < len(messages) and messages[index]["role"] == "tool":
-                results.append(messages[index])
-                index += 1
-            if {result["tool_call_id"] for result in results} == wanted and len(results) == len(wanted):
-                valid.extend([message, *results])
-            continue
-        if message["role"] != "tool":
-            valid.append(message)
-        index += 1
-    return valid
-
-
 def conversation_history(*, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
     """The conversation as the model API receives it, system prompt first."""
     turns = Turn.objects.filter(conversation_id=conversation_id, role__in=API_ROLES).order_by("seq")
     return messages_valid_for_api([turn_as_message(turn) for turn in turns])
 
 
-def conversation_replay_frames(*, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
+def conversation_replay_frames(*, conversation_id: uuid.UUID) -> list[protocol.Frame]:
     """The conversation so far as WebSocket frames, to show it again after a reload."""
-    frames: list[dict[str, Any]] = []
+    frames: list[protocol.Frame] = []
     calls: dict[str, dict[str, Any]] = {}
     for turn in Turn.objects.filter(conversation_id=conversation_id).exclude(role=Turn.Role.SYSTEM).order_by("seq"):
-        if turn.role in (Turn.Role.USER, Turn.Role.ASSISTANT) and turn.content:
-            frames.append({"type": "message", "role": turn.role, "text": turn.content, "replay": True})
+        if turn.kind == "staff":
+            frames.append(protocol.message("staff", turn.content, name=turn.name, replay=True))
+        elif turn.kind == "handoff":
+            frames.append(protocol.replayed(protocol.handoff(**(turn.result or {"state": "agent", "message": ""}))))
+        elif turn.role in (Turn.Role.USER, Turn.Role.ASSISTANT) and turn.content:
+            frames.append(protocol.message(turn.role, cut_text(turn.content, REPLAY_MAX_CHARS), replay=True))
         for call in turn.tool_calls or []:
             calls[call["id"]] = call
         if turn.role == Turn.Role.TOOL:
             call = calls.get(turn.tool_call_id, {"function": {"name": turn.name, "arguments": "{}"}})
             frames.append(_tool_frame(call, turn))
         if turn.role == Turn.Role.ERROR:
-            frames.append({"type": "error", "code": turn.error_code, "message": turn.content, "replay": True})
+            frames.append(protocol.error(turn.error_code, turn.content, replay=True))
+    frames.extend(confirmation_pending_frames(conversation_id=conversation_id))  # a card awaiting its answer
     return frames
 
 
-def _tool_frame(call: dict[str, Any], turn: Turn) -> dict[str, Any]:
+def _tool_frame(call: dict[str, Any], turn: Turn) -> protocol.Frame:
     try:
         arguments = json.loads(call["function"]["arguments"])
-        result = json.loads(turn.content)
     except ValueError:
-        arguments, result = None, None
-    failed = isinstance(result, dict) and "error" in result
-    return {
-        "type": "tool",
-        "name": call["function"]["name"],
-        "id": turn.tool_call_id,
-        "status": "error" if failed else "done",
-        "arguments": arguments,
-        "result": result,
-        "replay": True,
-    }
+        arguments = None
+    return protocol.tool_finished(
+        call_id=turn.tool_call_id,
+        name=call["function"]["name"],
+        failed=turn.is_error,
+        result=turn.result,
+        arguments=arguments,
+        replay=True,
+    )

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 
-from chat.agent import mask_text
-from chat.models import Conversation, Turn
+from chat.models import Conversation, Turn, WaitingMessage
 from chat.prompts import SYSTEM_PROMPT
+from chat.secrets import mask_arguments, mask_text, mask_value
 
 
 @transaction.atomic
@@ -20,6 +23,23 @@ def conversation_start(*, session_key: str, client_address: str | None = None) -
     conversation = Conversation.objects.create(session_key=session_key, client_address=client_address)
     Turn.objects.create(conversation=conversation, seq=0, role=Turn.Role.SYSTEM, content=SYSTEM_PROMPT)
     return conversation
+
+
+def customer_message_wait(*, conversation_id: uuid.UUID, text: str) -> WaitingMessage:
+    """Store a customer message on arrival; a turn takes it with ``waiting_message_take``."""
+    return WaitingMessage.objects.create(conversation_id=conversation_id, text=text)
+
+
+def waiting_message_take(*, conversation: Conversation) -> str | None:
+    """Delete the conversation's oldest waiting message and return its text (None when none waits).
+
+    Call inside the transaction that stores it as a turn, so it is taken exactly once.
+    """
+    waiting = conversation.waiting_messages.select_for_update().order_by("id").first()
+    if waiting is None:
+        return None
+    waiting.delete()
+    return waiting.text
 
 
 def conversation_verify(*, conversation_id: uuid.UUID, customer_id: int) -> None:
@@ -32,13 +52,32 @@ def turns_append(
     conversation_id: uuid.UUID,
     messages: list[dict[str, Any]],
     meta: dict[str, Any] | None = None,
-    secrets: Iterable[str] = (),
+    tool_results: Mapping[str, tuple[bool, Any]] | None = None,
+    new_secrets: Iterable[str] = (),
 ) -> list[Turn]:
-    """Append API-format messages in order; ``meta`` (model, latency, tokens …) goes on the first.
+    """Append API-format messages (already masked) in order; ``meta`` (model, latency, tokens …) goes on
+    the first.
 
-    ``secrets`` revealed by these messages are masked in the customer's earlier turns too.
+    ``tool_results`` maps a tool message's ``tool_call_id`` to (failed, what the tool returned), stored
+    beside the message. ``new_secrets``, learnt with these messages, join the conversation's digests and
+    are masked in the earlier turns that hold them, in the same transaction.
     """
     conversation = Conversation.objects.select_for_update().get(id=conversation_id)
+    return turns_insert(
+        conversation=conversation, messages=messages, meta=meta, tool_results=tool_results, new_secrets=new_secrets
+    )
+
+
+def turns_insert(
+    *,
+    conversation: Conversation,
+    messages: list[dict[str, Any]],
+    meta: dict[str, Any] | None = None,
+    tool_results: Mapping[str, tuple[bool, Any]] | None = None,
+    new_secrets: Iterable[str] = (),
+) -> list[Turn]:
+    """``turns_append`` for a conversation whose row this transaction has already locked."""
+    tool_results = tool_results or {}
     seq = (conversation.turns.aggregate(last=Max("seq"))["last"] or 0) + 1
     tool_names = {
         call["id"]: call["function"]["name"] for message in messages for call in message.get("tool_calls") or []
@@ -54,12 +93,19 @@ def turns_append(
                 tool_calls=message.get("tool_calls"),
                 tool_call_id=message.get("tool_call_id", ""),
                 name=tool_names.get(message.get("tool_call_id", ""), ""),
+                is_error=tool_results.get(message.get("tool_call_id", ""), (False, None))[0],
+                result=tool_results.get(message.get("tool_call_id", ""), (False, None))[1],
                 **((meta or {}) if offset == 0 else {}),
             )
         )
-    _mask_earlier_turns(conversation, secrets)
+    new_secrets = [secret for secret in new_secrets if secret]
+    update = ["updated_at"]
+    if new_secrets:
+        _mask_earlier_turns(conversation, new_secrets)
+        conversation.secret_digests = sorted({*conversation.secret_digests, *map(secret_digest, new_secrets)})
+        update.append("secret_digests")
     Turn.objects.bulk_create(turns)
-    conversation.save(update_fields=["updated_at"])
+    conversation.save(update_fields=update)
     return turns
 
 
@@ -71,8 +117,31 @@ def turn_record_error(*, conversation_id: uuid.UUID, code: str, message: str) ->
     )[0]
 
 
-def _mask_earlier_turns(conversation: Conversation, secrets: Iterable[str]) -> None:
-    for secret in filter(None, secrets):
-        for turn in conversation.turns.filter(role=Turn.Role.USER, content__contains=secret):
+def secret_digest(value: str) -> str:
+    """The keyed digest a conversation keeps of a secret given in it."""
+    return hmac.new(settings.SECRET_KEY.encode(), value.encode(), hashlib.sha256).hexdigest()
+
+
+def _mask_earlier_turns(conversation: Conversation, secrets: list[str]) -> None:
+    """Mask the secrets in every earlier turn, of every role, from where each was first given on.
+
+    A secret can only be echoed after it was given (by the customer, or in a tool call's arguments), so
+    what stands before that (the greeting asking for an "API key") is left as it was written.
+    """
+    for secret in secrets:
+        holding = conversation.turns.filter(
+            Q(content__contains=secret) | Q(tool_calls__icontains=secret) | Q(result__icontains=secret)
+        ).exclude(role=Turn.Role.SYSTEM)
+        given = holding.filter(Q(role=Turn.Role.USER) | Q(tool_calls__icontains=secret)).order_by("seq").first()
+        if given is not None:
+            holding = holding.filter(seq__gte=given.seq)
+        for turn in holding:
             turn.content = mask_text(turn.content, [secret])
-            turn.save(update_fields=["content"])
+            if turn.tool_calls:
+                turn.tool_calls = [
+                    {**call, "function": {**call["function"],
+                                          "arguments": mask_arguments(call["function"]["arguments"], [secret])}}
+                    for call in turn.tool_calls
+                ]
+            turn.result = mask_value(turn.result, [secret])
+            turn.save(update_fields=["content", "tool_calls", "result"])

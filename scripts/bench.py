@@ -1,11 +1,22 @@
-"""Benchmark: the seed's conversation, many at once, against a real daphne over real WebSockets.
+"""Benchmark: the seed's conversation, many customers at once, next to a bare ``AsyncOpenAI`` loop.
 
-    make bench                      # or: .venv/bin/python scripts/bench.py --conversations 50 --concurrency 10
+    make bench                                  # the default matrix (a few minutes)
+    .venv/bin/python scripts/bench.py --customers 1 100 --setups sqlite pg-redis-2
 
-It starts daphne on a free loopback port with the builtin model (no pauses between words), on a fresh
-SQLite file unless DATABASE_URL is set, and plays the seed's four customer messages in every
-conversation. It prints throughput and the latency of each customer message (send → `idle`) and of
-its first streamed piece, then the cost of one API-key check (HMAC) next to Django's password hasher.
+Both arms talk to the same local OpenAI-compatible test server (started here, in its own process),
+which answers like the builtin model after ``--ttft-ms`` and streams a word every ``--gap-ms``:
+
+* **bare**: an ``AsyncOpenAI`` client per customer making exactly the calls the product makes (the same
+  messages, tools and streaming), with the tools answered in memory: the floor any server could reach;
+* **product**: real daphne processes (one or two, customers spread over them as a balancer would) over
+  real WebSockets, on SQLite + the in-memory layer or PostgreSQL + Redis (``--pg`` / ``--redis``).
+
+Each customer plays the seed's conversation (the greeting, then three messages: 6 model calls and 2 tool
+calls); a *turn* is one greeting or customer message, from send (or connect) to ``idle``. The table gives
+daphne's CPU per turn from the server processes' own counters (``/proc/<pid>/stat`` utime + stime, taken
+around the measured run, after a warm-up conversation), turns/s, turn p50 / p99, the p50 added over the
+bare loop's, and errors (error frames, failed sockets). The per-address flood limits are raised through
+the environment: every customer here comes from 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -14,24 +25,196 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import websockets
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 SEED = [
     "Hi there, my username is john_doe, can you help me check the status for my ticket?",
     'Sure, my username is "john_doe" and my API key is: "key"',
     "Yea it's: 12345",
-    "That's it, thanks.",
 ]
+TOOL_RESULTS = {
+    "verify_user": {"success": True},
+    "get_ticket_status": {"ticket_id": "12345", "status": "Open", "issue": "Billing Query"},
+}
+SETUPS = {  # name: (database, channel layer, server processes)
+    "sqlite": ("sqlite", "memory", 1),
+    "sqlite-2": ("sqlite", "memory", 2),
+    "pg-redis": ("pg", "redis", 1),
+    "pg-redis-2": ("pg", "redis", 2),
+}
+UNLIMITED = "1000000"
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+# THE MODEL SERVER: the builtin model's decisions, served over loopback HTTP with a set pace.
+
+
+async def serve_model(port: int, ttft: float, gap: float) -> None:
+    from chat.builtin import _Completion, decide
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+                body = json.loads(await reader.readexactly(length))
+                tools = {tool["function"]["name"] for tool in body.get("tools") or []}
+                completion = _Completion(decide(body["messages"], tools), body["messages"])
+                writer.write(STREAM_HEAD)
+                await asyncio.sleep(ttft)
+                for word, event in _events(completion):
+                    if word and gap:
+                        await asyncio.sleep(gap)
+                    writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                    await writer.drain()
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+def _events(completion: Any) -> list[tuple[bool, bytes]]:
+    """The stream's events, each with whether it is a word (sent after a gap)."""
+    words = [(True, completion._chunk({"content": w})) for w in re.findall(r"\S+\s*", completion.decision.text)]
+    calls = [completion._chunk({"tool_calls": [{"index": i, **c}]}) for i, c in enumerate(completion.tool_calls)]
+    ends = [completion._chunk({}, completion.finish_reason), completion._chunk({}, usage=completion.usage)]
+    first = completion._chunk({"role": "assistant", "content": ""})
+    return [(False, first), *words, *((False, event) for event in [*calls, *ends, b"data: [DONE]\n\n"])]
+
+
+# RESULTS
+
+
+@dataclass
+class Run:
+    turns: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+    cpu_seconds: float | None = None
+
+    def p(self, share: float) -> float:
+        ordered = sorted(self.turns) or [float("nan")]
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def conversations_per_customer(customers: int, minimum_turns: int) -> int:
+    return max(1, -(-minimum_turns // (customers * (len(SEED) + 1))))
+
+
+# THE BARE ARM
+
+
+async def bare_customer(base_url: str, schemas: list[dict[str, Any]], run: Run, rounds: int) -> None:
+    import openai
+
+    from chat.prompts import SYSTEM_PROMPT
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
+    for _ in range(rounds):
+        messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}]
+        for text in [None, *SEED]:
+            started = time.perf_counter()
+            if text is not None:
+                messages.append({"role": "user", "content": text})
+            try:
+                await bare_turn(client, messages, schemas)
+            except Exception:
+                run.errors += 1
+                continue
+            run.turns.append(time.perf_counter() - started)
+    await client.close()
+
+
+async def bare_turn(client: Any, messages: list[dict[str, Any]], schemas: list[dict[str, Any]]) -> None:
+    while True:
+        stream = await client.chat.completions.create(
+            model="bench", messages=messages, tools=schemas, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+        text, calls = [], {}
+        async for chunk in stream:
+            for choice in chunk.choices[:1]:
+                text.append(choice.delta.content or "")
+                for part in choice.delta.tool_calls or []:
+                    call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                    call["id"] = part.id or call["id"]
+                    call["name"] += part.function.name or ""
+                    call["arguments"] += part.function.arguments or ""
+        if not calls:
+            messages.append({"role": "assistant", "content": "".join(text)})
+            return
+        messages.append({"role": "assistant", "content": None, "tool_calls": [
+            {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in calls.values()
+        ]})
+        messages += [
+            {"role": "tool", "tool_call_id": c["id"], "content": json.dumps(TOOL_RESULTS.get(c["name"], {}))}
+            for c in calls.values()
+        ]
+
+
+# THE PRODUCT ARM
+
+
+async def product_customer(ports: list[int], number: int, run: Run, rounds: int) -> None:
+    import websockets
+
+    port = ports[number % len(ports)]  # a balancer spreading customers over the processes
+    url, origin = f"ws://127.0.0.1:{port}/ws/chat/", f"http://127.0.0.1:{port}"
+    for _ in range(rounds):
+        try:
+            started = time.perf_counter()
+            async with websockets.connect(url, additional_headers={"Origin": origin}, max_queue=None) as ws:
+                await until_idle(ws, run, started)
+                for text in SEED:
+                    started = time.perf_counter()
+                    await ws.send(json.dumps({"type": "message", "text": text}))
+                    await until_idle(ws, run, started)
+        except Exception as error:  # a dropped socket, a timeout: counted, the run goes on
+            run.errors += 1
+            print(f"    customer {number}: {error!r}", file=sys.stderr)
+
+
+async def until_idle(ws: Any, run: Run, started: float) -> None:
+    failed = False
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        if frame["type"] == "error":
+            failed = True
+            print(f"    error frame: {frame}", file=sys.stderr)
+        if frame["type"] == "idle":
+            break
+    if failed:
+        run.errors += 1
+    else:
+        run.turns.append(time.perf_counter() - started)
+
+
+async def load(customers: int, rounds: int, play: Any) -> Run:
+    run = Run()
+    started = time.perf_counter()
+    await asyncio.gather(*(play(number, run, rounds) for number in range(customers)))
+    run.elapsed = time.perf_counter() - started
+    return run
+
+
+# PROCESSES
 
 
 def free_port() -> int:
@@ -40,131 +223,172 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    python = sys.executable
-    for step in (["migrate", "--noinput", "-v0"], ["seed_demo", "--password", "bench-password-1"]):
-        subprocess.run([python, "manage.py", *step], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-    daphne = Path(python).with_name("daphne")
-    server = subprocess.Popen(
-        [str(daphne), "-b", "127.0.0.1", "-p", str(port), "supportsite.asgi:application"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with {process.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return server
+            return
         except OSError:
             time.sleep(0.1)
-    server.kill()
-    raise SystemExit("daphne did not start")
+    process.kill()
+    raise SystemExit(f"{what} did not start")
 
 
-def session_cookie(base: str) -> str:
-    with urllib.request.urlopen(base + "/") as response:  # noqa: S310 - our own loopback server
-        for header in response.headers.get_all("Set-Cookie"):
-            if header.startswith("sessionid="):
-                return header.split(";", 1)[0]
-    raise SystemExit("the chat page set no session cookie")
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process, from the kernel's own counters."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def until_idle(ws: websockets.ClientConnection, started: float) -> float | None:
-    """Read frames until ``idle``; returns when the first delta came (seconds after ``started``)."""
-    first = None
-    while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
-        if frame["type"] == "delta" and first is None:
-            first = time.perf_counter() - started
-        if frame["type"] == "error":
-            raise RuntimeError(frame)
-        if frame["type"] == "idle":
-            return first
+def server_environment(database: str, layer: str, model_url: str, folder: str, options: argparse.Namespace) -> dict:
+    env = {
+        key: value for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "DATABASE_TEST_NAME"}
+    }
+    env.update(
+        CHAT_BACKEND="openai", OPENAI_BASE_URL=model_url, OPENAI_API_KEY="bench", CHAT_MODEL="bench",
+        CHAT_LOG_LEVEL="WARNING", DJANGO_DEBUG="0", DJANGO_SECRET_KEY="bench-secret-key-" + "x" * 40,
+        DJANGO_SECURE_SSL_REDIRECT="0",
+        CHAT_MESSAGES_PER_MINUTE_PER_ADDRESS=UNLIMITED, CHAT_SOCKETS_PER_ADDRESS=UNLIMITED,
+        CHAT_CONVERSATIONS_PER_HOUR_PER_ADDRESS=UNLIMITED,
+        DATABASE_URL=f"sqlite:///{folder}/bench.sqlite3" if database == "sqlite" else options.pg,
+    )
+    if layer == "redis":
+        env["REDIS_URL"] = options.redis
+    return env
 
 
-async def conversation(port: int, results: dict[str, list[float]]) -> None:
-    base = f"http://127.0.0.1:{port}"
-    cookie = await asyncio.to_thread(session_cookie, base)
-    headers = {"Origin": base, "Cookie": cookie}
-    async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/", additional_headers=headers) as ws:
-        await until_idle(ws, time.perf_counter())  # the greeting
-        for text in SEED:
-            started = time.perf_counter()
-            await ws.send(json.dumps({"type": "message", "text": text}))
-            first = await until_idle(ws, started)
-            results["turn"].append(time.perf_counter() - started)
-            if first is not None:
-                results["first_delta"].append(first)
+def prepare_stores(env: dict[str, str], database: str, layer: str, options: argparse.Namespace) -> None:
+    if database == "pg":
+        import psycopg
+
+        name = options.pg.rsplit("/", 1)[1]
+        with psycopg.connect(options.pg.rsplit("/", 1)[0] + "/postgres", autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            db.execute(f'CREATE DATABASE "{name}"')
+    if layer == "redis":
+        import redis
+
+        redis.Redis.from_url(options.redis).flushdb()
+    for step in (["migrate", "--noinput", "-v0"], ["seed_demo", "--password", "bench-password-1"]):
+        subprocess.run([sys.executable, "manage.py", *step], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
-async def run(port: int, conversations: int, concurrency: int) -> tuple[dict[str, list[float]], float]:
-    results: dict[str, list[float]] = {"turn": [], "first_delta": []}
-    limit = asyncio.Semaphore(concurrency)
+def start_servers(env: dict[str, str], count: int, logs: Path) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    """``count`` daphne processes; their output goes to ``logs``/daphne-<port>.log (shown on errors)."""
+    daphne = Path(sys.executable).with_name("daphne")
+    servers, ports = [], []
+    for _ in range(count):
+        port = free_port()
+        log = (logs / f"daphne-{port}.log").open("wb")
+        servers.append(subprocess.Popen(
+            [str(daphne), "-b", "127.0.0.1", "-p", str(port), "supportsite.asgi:application"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
+        ))
+        ports.append(port)
+    for server, port in zip(servers, ports, strict=True):
+        wait_for_port(port, server, "daphne")
+    return servers, ports
 
-    async def one() -> None:
-        async with limit:
-            await conversation(port, results)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(conversations)))
-    return results, time.perf_counter() - started
+def measure_product(setup: str, customers: list[int], model_url: str, options: argparse.Namespace) -> dict[int, Run]:
+    database, layer, processes = SETUPS[setup]
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        env = server_environment(database, layer, model_url, folder, options)
+        prepare_stores(env, database, layer, options)
+        logs = Path(options.logs or folder)
+        logs.mkdir(parents=True, exist_ok=True)
+        servers, ports = start_servers(env, processes, logs)
+        try:
+            asyncio.run(load(processes, 1, lambda n, run, rounds: product_customer(ports, n, run, rounds)))  # warm-up
+            for count in customers:
+                rounds = conversations_per_customer(count, options.min_turns)
+                before = sum(cpu_seconds(server.pid) for server in servers)
+                run = asyncio.run(load(count, rounds, lambda n, r, k: product_customer(ports, n, r, k)))
+                run.cpu_seconds = sum(cpu_seconds(server.pid) for server in servers) - before
+                results[count] = run
+                print(f"  {setup:<11} {count:>4} customers: {len(run.turns)} turns in {run.elapsed:.1f} s",
+                      file=sys.stderr)
+        finally:
+            for server in servers:
+                server.terminate()
+            for server in servers:
+                try:
+                    server.wait(15)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+            if any(run.errors for run in results.values()):
+                for log in logs.glob("daphne-*.log"):
+                    print(f"  the end of {log.name}:\n{log.read_text()[-3000:]}", file=sys.stderr)
+    return results
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
-def key_check_costs() -> tuple[float, float]:
+def tool_schemas() -> list[dict[str, Any]]:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "supportsite.settings")
-    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
-    from django.contrib.auth.hashers import make_password
+    from chat.toolbox import get_toolbox
 
-    from tickets.services import apikey_digest
+    return get_toolbox().schemas
 
-    rounds = 2000
-    started = time.perf_counter()
-    for _ in range(rounds):
-        apikey_digest("sk_" + "x" * 43)
-    hmac_cost = (time.perf_counter() - started) / rounds
-    started = time.perf_counter()
-    for _ in range(3):
-        make_password("sk_" + "x" * 43)
-    return hmac_cost, (time.perf_counter() - started) / 3
+
+# THE TABLE
+
+
+def row(name: str, count: int, run: Run, bare: Run | None) -> str:
+    turns = len(run.turns)
+    cpu = f"{run.cpu_seconds / turns * 1000:.1f} ms" if run.cpu_seconds is not None and turns else "—"
+    added = f"{(run.p(0.5) - bare.p(0.5)) * 1000:+.0f} ms" if bare else "—"
+    ratio = f"{run.p(0.5) / bare.p(0.5):.2f}×" if bare else "—"
+    return (f"| {name} | {count} | {cpu} | {turns / run.elapsed:.1f} | {run.p(0.5) * 1000:.0f} ms | "
+            f"{run.p(0.99) * 1000:.0f} ms | {added} ({ratio}) | {run.errors} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conversations", type=int, default=40)
-    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--customers", type=int, nargs="+", default=[1, 10, 100, 300])
+    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=["sqlite", "pg-redis", "pg-redis-2"])
+    parser.add_argument("--min-turns", type=int, default=120, help="turns measured at least, per row")
+    parser.add_argument("--ttft-ms", type=float, default=50.0)
+    parser.add_argument("--gap-ms", type=float, default=2.0)
+    parser.add_argument("--pg", default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bench_speed"))
+    parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10"))
+    parser.add_argument("--logs", help="keep the daphne processes' output in this folder")
+    parser.add_argument("--serve-model", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        env = {**os.environ, "CHAT_BACKEND": "builtin", "CHAT_BUILTIN_DELAY_MS": "0", "CHAT_LOG_LEVEL": "WARNING"}
-        env.setdefault("DATABASE_URL", f"sqlite:///{folder}/bench.sqlite3")
-        port = free_port()
-        server = start_server(env, port)
-        try:
-            results, elapsed = asyncio.run(run(port, options.conversations, options.concurrency))
-        finally:
-            server.terminate()
-            server.wait(10)
-    turns = results["turn"]
-    print(f"database: {env['DATABASE_URL'].split(':', 1)[0]}, channel layer: "
-          f"{'redis' if env.get('REDIS_URL') else 'in-memory'}, cores: {os.cpu_count()}")
-    print(f"{options.conversations} seed conversations ({len(turns)} customer messages, 2 tool calls each "
-          f"conversation), {options.concurrency} at a time: {elapsed:.2f} s")
-    print(f"  throughput: {len(turns) / elapsed:.1f} customer messages/s, "
-          f"{options.conversations / elapsed:.2f} conversations/s")
-    print(f"  reply latency (send → idle): p50 {statistics.median(turns) * 1000:.0f} ms, "
-          f"p95 {percentile(turns, 0.95) * 1000:.0f} ms, max {max(turns) * 1000:.0f} ms")
-    firsts = results["first_delta"]
-    print(f"  first streamed piece: p50 {statistics.median(firsts) * 1000:.0f} ms, "
-          f"p95 {percentile(firsts, 0.95) * 1000:.0f} ms")
-    hmac_cost, hasher_cost = key_check_costs()
-    print(f"API key check: HMAC-SHA256 {hmac_cost * 1e6:.1f} µs vs Django's default password hasher "
-          f"{hasher_cost * 1000:.0f} ms ({hasher_cost / hmac_cost:,.0f}× slower)")
+    if options.serve_model:
+        asyncio.run(serve_model(options.serve_model, options.ttft_ms / 1000, options.gap_ms / 1000))
+        return
+    model_port = free_port()
+    model = subprocess.Popen([sys.executable, __file__, "--serve-model", str(model_port),
+                              "--ttft-ms", str(options.ttft_ms), "--gap-ms", str(options.gap_ms)], cwd=ROOT)
+    wait_for_port(model_port, model, "the model server")
+    model_url = f"http://127.0.0.1:{model_port}/v1"
+    try:
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", file=sys.stderr)
+        schemas = tool_schemas()
+        bare: dict[int, Run] = {}
+        for count in options.customers:
+            rounds = conversations_per_customer(count, options.min_turns)
+            bare[count] = asyncio.run(load(count, rounds, lambda n, r, k: bare_customer(model_url, schemas, r, k)))
+        product = {setup: measure_product(setup, options.customers, model_url, options) for setup in options.setups}
+    finally:
+        model.terminate()
+        model.wait(10)
+    print(f"\nseed conversation (greeting + {len(SEED)} messages, 6 model calls, 2 tool calls); model: first token "
+          f"after {options.ttft_ms:.0f} ms, a word every {options.gap_ms:.0f} ms; {os.cpu_count()} cores; "
+          f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    print("| arm | customers | daphne CPU per turn | turns/s | turn p50 | turn p99 | p50 added over bare | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for count in options.customers:
+        print(row("bare AsyncOpenAI loop", count, bare[count], None))
+        for setup, runs in product.items():
+            print(row(setup, count, runs[count], bare[count]))
 
 
 if __name__ == "__main__":

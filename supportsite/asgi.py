@@ -1,6 +1,7 @@
 """ASGI entry point: ``daphne supportsite.asgi:application``.
 
-HTTP goes to Django; WebSockets pass the origin check, then the session and auth
+First the client's address is settled (``supportsite.proxies``: forwarded headers only from trusted
+proxies). HTTP goes to Django; WebSockets pass the origin check, then the session and auth
 middleware, then the chat routes.
 """
 
@@ -16,10 +17,13 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
+from supportsite.proxies import TrustedProxyMiddleware  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
+application = TrustedProxyMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        }
+    )
 )

@@ -5,6 +5,7 @@ Production sets ``DJANGO_DEBUG=0`` and must then give ``DJANGO_SECRET_KEY``.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -44,6 +45,8 @@ if not SECRET_KEY:
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off.")
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+# Proxies (IPs or CIDRs) whose X-Forwarded-For is believed (supportsite.proxies); nobody else's is.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
 # Keys customers type are long random tokens: a keyed HMAC, not a password hasher, stores them.
 API_KEY_SECRET = env("API_KEY_SECRET", SECRET_KEY)
 
@@ -89,8 +92,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "csp",
+    "axes",
     "tickets",
     "chat",
+    "chat.evaluation",
 ]
 
 MIDDLEWARE = [
@@ -103,6 +108,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns an admin-login lockout into its 429 page
 ]
 
 ROOT_URLCONF = "supportsite.urls"
@@ -127,26 +133,23 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        # Kept connections in production (opening one costs more than a turn's queries); checked before
+        # each use below. Local runs and tests close them after each request or sync step.
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0 if DEBUG else 600),
         # A connection the database dropped (a restart, a failover) is replaced, not reused and failed on.
         conn_health_checks=env_bool("DATABASE_CONN_HEALTH_CHECKS", True),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Several sockets write at once: wait for the lock instead of failing, and use WAL.
+    # Several sockets write at once: wait for the lock instead of failing, and use WAL. A row rewritten to
+    # mask a secret leaves no copy in a free page (secure_delete).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "timeout": 20,
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON;",
             "transaction_mode": "IMMEDIATE",
         }
     )
-    # A file, not memory, so that a server process started by the browser tests sees the test data.
-    # One per test process, so that two runs in the same checkout never share it.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / f".test-db-{os.getpid()}.sqlite3")}
-if env("DATABASE_TEST_NAME"):
-    # Lets two test runs share one PostgreSQL server without sharing the test database.
-    DATABASES["default"]["TEST"] = {"NAME": env("DATABASE_TEST_NAME")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # CHANNELS
@@ -157,8 +160,17 @@ if _REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # redis-py 8 reads with a 5 s socket timeout by default, exactly the layer's 5 s blocking pop:
             # an idle socket's receive then fails and daphne closes it with 1011. Read for longer.
+            # redis-py 8 caps a pool at 100 connections and raises MaxConnectionsError past it (inside
+            # group_send, failing turns at 100 customers): size it for a process's concurrent sends.
             "CONFIG": {
-                "hosts": [{"address": _REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
+                "hosts": [
+                    {
+                        "address": _REDIS_URL,
+                        "socket_timeout": 30,
+                        "socket_connect_timeout": 5,
+                        "max_connections": env_int("REDIS_MAX_CONNECTIONS", 1000),
+                    }
+                ],
                 "capacity": 1500,
                 "expiry": 60,
             },
@@ -182,6 +194,13 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "admin:login"
+# Staff login brute force (django-axes, supportsite.admin_login): failures per username AND client address.
+AUTHENTICATION_BACKENDS = ["supportsite.admin_login.AdminLoginGuard", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_MAX_FAILURES", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("ADMIN_LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "supportsite.proxies.request_client_address"
+AXES_RESET_ON_SUCCESS = True
 
 # I18N
 LANGUAGE_CODE = "en-us"
@@ -215,7 +234,7 @@ LOGGING = {
     },
 }
 
-# THE AGENT
+# THE MODEL: which endpoint, and how long a customer may wait for it
 OPENAI_BASE_URL = env("OPENAI_BASE_URL")
 OPENAI_API_KEY = env("OPENAI_API_KEY")
 CHAT_BACKEND = env("CHAT_BACKEND", "openai" if (OPENAI_API_KEY or OPENAI_BASE_URL) else "builtin")
@@ -229,40 +248,109 @@ CHAT_REPLY_TIMEOUT_SECONDS = float(env("CHAT_REPLY_TIMEOUT_SECONDS", "90"))
 CHAT_STREAM = env_bool("CHAT_STREAM", True)
 # The builtin model pauses this long between words, so its replies stream in like a hosted model's.
 CHAT_BUILTIN_DELAY_MS = env_int("CHAT_BUILTIN_DELAY_MS", 25)
+
+# Streamed pieces of a reply are sent to the page at most once per this many milliseconds (coalesced).
+CHAT_DELTA_COALESCE_MS = env_int("CHAT_DELTA_COALESCE_MS", 50)
+
+# THE AGENT'S BOUNDS: what one customer message may cost
 CHAT_MAX_MODEL_CALLS = env_int("CHAT_MAX_MODEL_CALLS", 8)
+# Tool calls run per model response; further calls are answered with an error and never run.
+CHAT_MAX_TOOL_CALLS_PER_REPLY = env_int("CHAT_MAX_TOOL_CALLS_PER_REPLY", 8)
+# A tool result longer than this is cut, with a note saying so.
+CHAT_MAX_TOOL_RESULT_CHARS = env_int("CHAT_MAX_TOOL_RESULT_CHARS", 4000)
+# What the model receives: the system prompt and the newest messages within this estimate (chars / 4).
+CHAT_HISTORY_TOKEN_BUDGET = env_int("CHAT_HISTORY_TOKEN_BUDGET", 12000)
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 4000)
-# The functions the model may call, as dotted paths: the chat app knows no tool by name.
+# One model reply streams and is stored up to this many characters; a longer one is cut with a note.
+CHAT_MAX_REPLY_CHARS = env_int("CHAT_MAX_REPLY_CHARS", 20000)
+# A conversation takes at most this many customer messages; then the customer is asked to start anew.
+CHAT_MAX_CUSTOMER_MESSAGES = env_int("CHAT_MAX_CUSTOMER_MESSAGES", 100)
+
+# TOOLS: the functions the model may call, as dotted paths (the chat app knows no tool by name);
+# ``manage.py check`` fails on a path that does not import or a function the toolbox cannot describe.
+# A deployer adds their own without editing this file: CHAT_EXTRA_TOOLS, comma-separated dotted paths.
 CHAT_TOOLS = [
     "tickets.tools.verify_user",
     "tickets.tools.get_ticket_status",
+    "tickets.tools.list_my_tickets",
+    "tickets.tools.create_ticket",
+    "tickets.tools.add_ticket_comment",
+    "chat.handoff.request_human",
+    *env_list("CHAT_EXTRA_TOOLS", []),
 ]
-# Failed verify_user calls within VERIFY_LOCKOUT_SECONDS that pause verification (per username or
-# conversation, and per client address).
+# A tool that changes data runs only on the customer's "yes" (chat.toolbox.changes_data); unanswered for
+# this long, it is not run and the model is told so. The turn waits (holding the conversation) meanwhile.
+CHAT_CONFIRM_TIMEOUT_SECONDS = float(env("CHAT_CONFIRM_TIMEOUT_SECONDS", "120"))
+# Finds secrets of the verified customer in free text (``(customer_id) -> (text -> secrets)``), so a key
+# typed again after verification, or echoed by the model, is masked too.
+CHAT_SECRET_FINDER = "tickets.services.apikey_finder"  # noqa: S105 - a dotted path, not a secret
+
+# VERIFICATION: failed verify_user calls within VERIFY_LOCKOUT_SECONDS that pause verification (per
+# username from one client address, per conversation, and per client address): failures elsewhere never
+# lock a customer out.
 VERIFY_MAX_FAILURES = env_int("VERIFY_MAX_FAILURES", 5)
 VERIFY_MAX_FAILURES_PER_ADDRESS = env_int("VERIFY_MAX_FAILURES_PER_ADDRESS", 20)
 VERIFY_LOCKOUT_SECONDS = env_int("VERIFY_LOCKOUT_SECONDS", 15 * 60)
+# A verification holds this long (and only while the customer is active and the key not revoked).
+VERIFY_TTL_SECONDS = env_int("VERIFY_TTL_SECONDS", 60 * 60)
 
-# LIMITS
-# Flooding: per browser session and per client address, within a sliding minute / hour. Over a limit the
-# socket gets an ``error`` frame (``rate_limited`` / ``too_many_connections``) and no model call is made.
+# TICKETS THE AGENT WRITES: create_ticket calls per customer in 24 hours (a looping model cannot flood the
+# desk), and the most tickets list_my_tickets returns (newest first).
+TICKETS_CREATED_PER_DAY = env_int("TICKETS_CREATED_PER_DAY", 5)
+TICKETS_LIST_MAX = env_int("TICKETS_LIST_MAX", 20)
+
+# FLOOD LIMITS: per browser session and per client address, within a fixed minute / hour. Over a limit
+# the socket gets an ``error`` frame (``rate_limited`` / ``too_many_connections``) and no model call is made.
 CHAT_MESSAGES_PER_MINUTE = env_int("CHAT_MESSAGES_PER_MINUTE", 20)
 CHAT_MESSAGES_PER_MINUTE_PER_ADDRESS = env_int("CHAT_MESSAGES_PER_MINUTE_PER_ADDRESS", 600)
 CHAT_SOCKETS_PER_SESSION = env_int("CHAT_SOCKETS_PER_SESSION", 10)
 CHAT_SOCKETS_PER_ADDRESS = env_int("CHAT_SOCKETS_PER_ADDRESS", 200)
 CHAT_CONVERSATIONS_PER_HOUR = env_int("CHAT_CONVERSATIONS_PER_HOUR", 30)
 CHAT_CONVERSATIONS_PER_HOUR_PER_ADDRESS = env_int("CHAT_CONVERSATIONS_PER_HOUR_PER_ADDRESS", 500)
-# A conversation takes at most this many customer messages; then the customer is asked to start anew.
-CHAT_MAX_CUSTOMER_MESSAGES = env_int("CHAT_MAX_CUSTOMER_MESSAGES", 100)
-# What the model receives: the system prompt and the newest messages within this estimate (chars / 4).
-CHAT_HISTORY_TOKEN_BUDGET = env_int("CHAT_HISTORY_TOKEN_BUDGET", 12000)
-# A tool result longer than this is cut, with a note saying so.
-CHAT_MAX_TOOL_RESULT_CHARS = env_int("CHAT_MAX_TOOL_RESULT_CHARS", 4000)
-# Tool calls run per model response; further calls are answered with an error and never run.
-CHAT_MAX_TOOL_CALLS_PER_REPLY = env_int("CHAT_MAX_TOOL_CALLS_PER_REPLY", 8)
-# Finds secrets of the verified customer in free text (``(customer_id) -> (text -> secrets)``), so a key
-# typed again after verification, or echoed by the model, is masked too.
-CHAT_SECRET_FINDER = env("CHAT_SECRET_FINDER", "tickets.services.apikey_finder")
+# Where the counts live (chat.counters): Redis when set, else the database's own counter tables.
+CHAT_LIMITS_REDIS_URL = _REDIS_URL
+
+# TURNS: one at a time per conversation; across server processes through a lease in this Redis.
+CHAT_TURN_LEASE_URL = env("CHAT_TURN_LEASE_URL", _REDIS_URL)
 
 # TRANSCRIPTS
 # purge_transcripts without --older-than deletes conversations idle this many days; unset keeps them.
 TRANSCRIPT_RETENTION_DAYS = env_int("TRANSCRIPT_RETENTION_DAYS", 0) or None
+
+# EVALUATION
+# ``manage.py evaluate``: the scenario suite, and the model that plays simulated customers (any
+# OpenAI-compatible endpoint; without EVAL_USER_MODEL, scenarios with a simulated customer are skipped).
+EVAL_SUITE = env("EVAL_SUITE", str(BASE_DIR / "evals"))
+EVAL_USER_MODEL = env("EVAL_USER_MODEL")
+EVAL_USER_BASE_URL = env("EVAL_USER_BASE_URL")
+EVAL_USER_API_KEY = env("EVAL_USER_API_KEY")
+
+# THE WIDGET AND SIGNED-IN CUSTOMERS (static/chat/widget.js, chat.widget, chat.identity)
+# Origins (scheme://host[:port]) of the company's pages allowed to frame the chat (/embed/ only: every
+# other page stays unframeable). When set, the session and CSRF cookies are sent inside that third-party
+# frame: SameSite=None, which browsers accept only with Secure (HTTPS; http://localhost and 127.0.0.1
+# count as secure for Chromium and Firefox, so the local demo works).
+CHAT_WIDGET_ORIGINS = env_list("CHAT_WIDGET_ORIGINS", [])
+if CHAT_WIDGET_ORIGINS:
+    SESSION_COOKIE_SAMESITE = "None"
+    CSRF_COOKIE_SAMESITE = "None"
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    # ... and Partitioned (CHIPS): Chromium keeps no other third-party cookie.
+    MIDDLEWARE.insert(1, "chat.widget.PartitionedCookiesMiddleware")
+# The secret shared with the company's website: it signs a signed-in customer's username (HMAC-SHA256,
+# hex) and the chat verifies them without a key. Unset: nobody is ever signed in that way.
+CHAT_IDENTITY_SECRET = env("CHAT_IDENTITY_SECRET")
+# Load balancers ask /healthz over plain HTTP from inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# While the model endpoint is unreachable, each server process asks it again this often.
+CHAT_MODEL_PROBE_SECONDS = float(env("CHAT_MODEL_PROBE_SECONDS", "15"))
+
+# HANDING OVER TO A PERSON (chat.handoff)
+# After this many fallback replies or model errors in a row the conversation is queued for a person; 0: never.
+HANDOFF_AFTER_FAILURES = env_int("HANDOFF_AFTER_FAILURES", 0)
+# When support staff answer, e.g. "mon-fri 09:00-17:00" (TIME_ZONE); empty: any time. Outside them a
+# customer asking for a person is told so, and stays in the queue.
+HANDOFF_SUPPORT_HOURS = env("HANDOFF_SUPPORT_HOURS", "")
+# The dashboard counts conversations that waited longer than this for a person's first reply.
+HANDOFF_WAIT_TARGET_SECONDS = env_int("HANDOFF_WAIT_TARGET_SECONDS", 120)

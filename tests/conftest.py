@@ -4,14 +4,30 @@ model over the network: only loopback servers that a test starts itself may be c
 from __future__ import annotations
 
 import asyncio
-import io
+import os
+from collections.abc import Iterator
 
 import httpx2
 import pytest
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
-from django.core.management import call_command
+from django.conf import settings as django_settings
 
-from chat import consumers, llm, runtime
+from chat import consumers, llm, toolbox
+from tests.support.browser import chat_server_fixture, live_daphne_fixture  # noqa: F401 - fixtures
+from tests.support.models import ScriptedModel
+from tests.support.seed import seed_demo
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """The test database: a SQLite *file* of this test process (a daphne the browser tests start must see
+    the test data; two runs in one checkout never share it), or ``DATABASE_TEST_NAME`` (two runs sharing
+    one PostgreSQL server)."""
+    test = django_settings.DATABASES["default"].setdefault("TEST", {})
+    if os.environ.get("DATABASE_TEST_NAME"):
+        test["NAME"] = os.environ["DATABASE_TEST_NAME"]
+    elif django_settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        test["NAME"] = str(django_settings.BASE_DIR / f".test-db-{os.getpid()}.sqlite3")
 
 
 @pytest.fixture(autouse=True)
@@ -20,10 +36,10 @@ def _builtin_model_without_pauses(settings):
     settings.CHAT_MODEL = "builtin-support-1"
     settings.CHAT_BUILTIN_DELAY_MS = 0
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast, tests only
-    llm.get_chat_model.cache_clear()
-    runtime.get_toolbox.cache_clear()
+    llm.configured_chat_model.cache_clear()
+    toolbox.get_toolbox.cache_clear()
     yield
-    llm.get_chat_model.cache_clear()
+    llm.configured_chat_model.cache_clear()
 
 
 @pytest.fixture(autouse=True)
@@ -39,17 +55,25 @@ def _no_network_models(monkeypatch):
 
 
 @pytest.fixture
+def chat_model() -> Iterator[ScriptedModel]:
+    """The model every turn of the test uses: answers as the builtin model until scripted
+    (``chat_model.queue(...)`` / ``.script(...)``), counts and records its calls, can be held."""
+    with llm.chat_model_override(ScriptedModel(inner=llm.configured_chat_model())) as model:
+        yield model
+
+
+@pytest.fixture
+def runtime_on_test_connection(monkeypatch):
+    """Lets sync test code drive the runtime (``run_conversation``) on the test's connection, inside its
+    transaction: ``database_sync_to_async`` closes "old" connections around each call, which would close
+    the one a non-transactional test runs in; called from sync code, it runs in this thread."""
+    monkeypatch.setattr("channels.db.close_old_connections", lambda: None)
+
+
+@pytest.fixture
 def demo_data(db):
     """The contract's demo data: john_doe/key (12345 Open, 67890 Closed), jane_roe/jane-key (24680)."""
-    call_command("seed_demo", password="demo-password-1", stdout=io.StringIO())
-
-
-SEED_MESSAGES = [
-    "Hi there, my username is john_doe, can you help me check the status for my ticket?",
-    'Sure, my username is "john_doe" and my API key is: "key"',
-    "Yea it's: 12345",
-    "That's it, thanks.",
-]
+    seed_demo("demo-password-1")
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from django.contrib.auth.models import User
 from django.urls import reverse
 
 from chat.services import conversation_start, turns_append
+from tests.support.admin import inline_management_forms
 from tickets.models import ApiKey, Customer, Ticket
 from tickets.services import customer_authenticate
 
@@ -44,6 +45,7 @@ def test_staff_changes_ticket_status(admin_client_logged_in):
             "status": "Resolved",
             "issue": "Billing Query",
             "description": "",
+            **inline_management_forms(),
         },
     )
     assert response.status_code == 302, response.content.decode()[:2000]

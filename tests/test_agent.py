@@ -4,46 +4,18 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
 
-from chat.agent import (
-    FALLBACK_REPLY,
-    MASK,
-    ModelError,
-    ModelReply,
-    ToolCall,
-    ToolOutcome,
-    mask_messages,
-    mask_text,
-    run_turn,
-)
+from chat.agent import FALLBACK_REPLY, Bounds, ModelError, ModelReply, ToolCall, ToolOutcome, run_turn
+from chat.secrets import MASK, mask_messages, mask_text
+from tests.support.models import ScriptedModel
 
 SYSTEM = {"role": "system", "content": "You are a support agent."}
 VERIFY_SCHEMA = {"type": "function", "function": {"name": "verify_user", "parameters": {"type": "object"}}}
 TICKET_SCHEMA = {"type": "function", "function": {"name": "get_ticket_status", "parameters": {"type": "object"}}}
-
-
-class ScriptedModel:
-    """A ``ChatModel`` answering from a queue; an exception in the queue is raised instead."""
-
-    name = "scripted"
-
-    def __init__(self, *replies: ModelReply | Exception) -> None:
-        self.replies = list(replies)
-        self.received: list[dict[str, Any]] = []
-
-    async def complete(self, messages, tools, on_delta) -> ModelReply:
-        self.received.append({"messages": copy.deepcopy(messages), "tools": tools})
-        reply = self.replies.pop(0)
-        if isinstance(reply, Exception):
-            raise reply
-        for piece in re.findall(r"\S+\s*", reply.content):
-            await on_delta(piece)
-        return reply
 
 
 class MemoryTranscript:
@@ -52,11 +24,15 @@ class MemoryTranscript:
         self.appends: list[dict[str, Any]] = []
         self.errors: list[tuple[str, str]] = []
 
-    async def append(self, messages, *, reply=None, secrets: Iterable[str] = (), fallback=False) -> None:
-        self.messages.extend(copy.deepcopy(messages))
+    async def append(
+        self, messages, *, reply=None, outcomes=None, secrets: Iterable[str] = (), fallback=False
+    ) -> list[dict[str, Any]]:
+        stored = mask_messages(copy.deepcopy(messages), secrets)
+        self.messages.extend(stored)
         self.appends.append(
-            {"messages": copy.deepcopy(messages), "reply": reply, "secrets": list(secrets), "fallback": fallback}
+            {"messages": stored, "reply": reply, "outcomes": outcomes, "secrets": list(secrets), "fallback": fallback}
         )
+        return stored
 
     async def record_error(self, code: str, message: str) -> None:
         self.errors.append((code, message))
@@ -74,6 +50,9 @@ class FakeTools:
         arguments = json.loads(call.arguments)
         return {key: MASK if key == "api_key" else value for key, value in arguments.items()}
 
+    def arguments_to_store(self, call: ToolCall) -> str:
+        return call.arguments
+
     async def run(self, call: ToolCall) -> ToolOutcome:
         self.ran.append(call)
         return self.tools[call.name](**json.loads(call.arguments))
@@ -81,12 +60,12 @@ class FakeTools:
 
 def verify_user(username: str, api_key: str) -> ToolOutcome:
     result = {"success": username == "john_doe" and api_key == "key"}
-    return ToolOutcome(json.dumps(result), ok=True, result=result, secrets=(api_key,))
+    return ToolOutcome(json.dumps(result), is_error=False, result=result, secrets=(api_key,))
 
 
 def get_ticket_status(ticket_id: str) -> ToolOutcome:
     result = {"ticket_id": ticket_id, "status": "Open", "issue": "Billing Query"}
-    return ToolOutcome(json.dumps(result), ok=True, result=result)
+    return ToolOutcome(json.dumps(result), is_error=False, result=result)
 
 
 def call(call_id: str, name: str, **arguments: Any) -> ToolCall:
@@ -112,7 +91,8 @@ class Frames(list):
         self.append(frame)
 
     def of(self, kind: str) -> list[dict[str, Any]]:
-        return [frame for frame in self if frame["type"] == kind]
+        """The frames of that type; for ``message``, the assistant's only (the customer's is shown first)."""
+        return [frame for frame in self if frame["type"] == kind and frame.get("role") != "user"]
 
 
 async def turn(model, *, history=None, text=None, tools=None, transcript=None, frames=None, max_calls=8):
@@ -124,7 +104,7 @@ async def turn(model, *, history=None, text=None, tools=None, transcript=None, f
         history=history,
         emit=frames if frames is not None else Frames(),
         customer_text=text,
-        max_model_calls=max_calls,
+        bounds=Bounds(max_model_calls=max_calls),
     )
     return result, history
 
@@ -134,9 +114,9 @@ async def test_greeting_is_one_model_call_with_only_the_system_message():
     transcript, frames = MemoryTranscript(), Frames()
     result, history = await turn(model, transcript=transcript, frames=frames)
     assert result.outcome == "answered" and result.model_calls == 1
-    assert len(model.received) == 1
-    assert model.received[0]["messages"] == [SYSTEM]
-    assert model.received[0]["tools"] == [VERIFY_SCHEMA, TICKET_SCHEMA]
+    assert model.calls == 1
+    assert model.requests[0] == [SYSTEM]
+    assert model.tools_offered[0] == [VERIFY_SCHEMA, TICKET_SCHEMA]
     assert transcript.messages == [{"role": "assistant", "content": "Hello! How can I help?"}]
     assert history == [SYSTEM, {"role": "assistant", "content": "Hello! How can I help?"}]
     assert frames.of("message") == [{"type": "message", "role": "assistant", "text": "Hello! How can I help?"}]
@@ -148,7 +128,7 @@ async def test_plain_answer_stores_the_question_then_the_answer_with_its_reply_m
     transcript = MemoryTranscript()
     result, history = await turn(model, text="When do you open?", transcript=transcript)
     assert result.outcome == "answered"
-    assert model.received[0]["messages"] == [SYSTEM, {"role": "user", "content": "When do you open?"}]
+    assert model.requests[0] == [SYSTEM, {"role": "user", "content": "When do you open?"}]
     assert transcript.messages == [
         {"role": "user", "content": "When do you open?"},
         {"role": "assistant", "content": "We open at nine."},
@@ -178,7 +158,7 @@ async def test_a_tool_call_then_an_answer():
 
     assert result.outcome == "answered" and result.model_calls == 2
     assert [c.name for c in tools.ran] == ["get_ticket_status"]
-    second = model.received[1]["messages"]
+    second = model.requests[1]
     assert second[-2]["tool_calls"][0]["function"] == {
         "name": "get_ticket_status",
         "arguments": '{"ticket_id": "12345"}',
@@ -209,7 +189,7 @@ async def test_several_tool_calls_in_one_response_run_in_order_and_each_is_answe
     assert [m["tool_call_id"] for m in step[1:]] == ["c0", "c1", "c2"]
     assert [json.loads(m["content"])["ticket_id"] for m in step[1:]] == ["111", "222", "333"]
     assert_valid_history(history)
-    assert_valid_history(model.received[1]["messages"])
+    assert_valid_history(model.requests[1])
 
 
 async def test_text_spoken_alongside_tool_calls_is_kept_and_shown():
@@ -228,7 +208,7 @@ async def test_the_model_call_bound_ends_with_a_polite_fallback_and_a_valid_hist
     result, history = await turn(model, text="loop forever", transcript=transcript, frames=frames, max_calls=3)
 
     assert result.outcome == "fallback" and result.model_calls == 3
-    assert len(model.received) == 3
+    assert model.calls == 3
     assert history[-1] == {"role": "assistant", "content": FALLBACK_REPLY}
     assert transcript.appends[-1]["fallback"] is True
     assert all(a["fallback"] is False for a in transcript.appends[:-1])
@@ -265,8 +245,8 @@ async def test_a_model_error_is_recorded_and_emitted_and_the_next_turn_works():
 
     result, _ = await turn(model, history=history, text="Try again?", transcript=transcript)
     assert result.outcome == "answered"
-    assert model.received[-1]["messages"][-1] == {"role": "user", "content": "Try again?"}
-    assert_valid_history(model.received[-1]["messages"])
+    assert model.requests[-1][-1] == {"role": "user", "content": "Try again?"}
+    assert_valid_history(model.requests[-1])
     assert history[-1] == {"role": "assistant", "content": "Ticket 12345 is Open."}
 
 
@@ -285,9 +265,11 @@ async def test_a_model_error_on_the_first_call_stores_only_the_question():
 SEED_CREDENTIALS = 'Sure, my username is "john_doe" and my API key is: "key"'
 
 
-def test_mask_text_masks_the_quoted_key_only():
-    assert mask_text(SEED_CREDENTIALS, ["key"]) == 'Sure, my username is "john_doe" and my API key is: "****"'
-    assert mask_text("my key is 'key'", ["key"]) == "my key is '****'"
+def test_mask_text_masks_every_whole_token_quoted_or_not():
+    assert mask_text(SEED_CREDENTIALS, ["key"]) == 'Sure, my username is "john_doe" and my API **** is: "****"'
+    assert mask_text("my key is 'key'", ["key"]) == "my **** is '****'"
+    assert mask_text('"sk_live_abc" or sk_live_abc', ["sk_live_abc"]) == '"****" or ****', "typed twice, both masked"
+    assert mask_text("keys and monkey stay", ["key"]) == "keys and monkey stay"
     assert mask_text("nothing secret here", ["key"]) == "nothing secret here"
     assert mask_text("the key: sk_live_abc.", ["sk_live_abc"]) == "the key: ****."
     assert mask_text("sk_live_abcdef is not sk_live_abc", ["sk_live_abc"]) == "sk_live_abcdef is not ****"
@@ -305,7 +287,7 @@ def test_mask_messages_masks_argument_values_never_argument_keys():
         {"role": "tool", "tool_call_id": "c1", "content": '{"success": true}'},
     ]
     masked = mask_messages(messages, ["key"])
-    assert masked[0]["content"] == 'Sure, my username is "john_doe" and my API key is: "****"'
+    assert masked[0]["content"] == 'Sure, my username is "john_doe" and my API **** is: "****"'
     arguments = json.loads(masked[1]["tool_calls"][0]["function"]["arguments"])
     assert arguments == {"username": "john_doe", "api_key": MASK}
     assert masked[2] == messages[2]
@@ -322,8 +304,8 @@ async def test_the_history_sent_to_the_model_after_verification_is_masked():
     transcript, frames = MemoryTranscript(), Frames()
     _, history = await turn(model, text=SEED_CREDENTIALS, transcript=transcript, frames=frames)
 
-    after = model.received[1]["messages"]
-    assert after[1] == {"role": "user", "content": 'Sure, my username is "john_doe" and my API key is: "****"'}
+    after = model.requests[1]
+    assert after[1] == {"role": "user", "content": 'Sure, my username is "john_doe" and my API **** is: "****"'}
     assert json.loads(after[2]["tool_calls"][0]["function"]["arguments"]) == {"username": "john_doe", "api_key": MASK}
     assert '"key"' not in json.dumps(after)
     assert history[1]["content"].endswith('"****"')
@@ -341,4 +323,18 @@ async def test_the_bound_counts_model_calls(max_calls):
     model = ScriptedModel(*replies, ModelReply("never reached"))
     result, _ = await turn(model, text="go", max_calls=max_calls)
     assert result.outcome == "fallback"
-    assert len(model.received) == max_calls
+    assert model.calls == max_calls
+
+
+async def test_the_customers_message_is_stored_before_anyone_is_shown_it():
+    transcript = MemoryTranscript()
+    shown_when_stored: list[bool] = []
+
+    class Watching(Frames):
+        async def __call__(self, frame: dict[str, Any]) -> None:
+            if frame["type"] == "message" and frame["role"] == "user":
+                shown_when_stored.append(any(m["content"] == frame["text"] for m in transcript.messages))
+            await super().__call__(frame)
+
+    await turn(ScriptedModel(ModelReply("Hi.")), text="hello there", transcript=transcript, frames=Watching())
+    assert shown_when_stored == [True]

@@ -6,64 +6,20 @@ import json
 from typing import Any
 
 import pytest
-from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 
 from chat import builtin, llm
-from chat.models import Conversation, Turn
+from chat.models import Turn
 from chat.prompts import SYSTEM_PROMPT
-from chat.runtime import conversation_attach, conversation_respond
-from tests.conftest import SEED_MESSAGES
+from tests.support.driver import Chat
+from tests.support.seed import SEED_MESSAGES
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CREDENTIALS = 'Sure, my username is "john_doe" and my API key is: "key"'
-MASKED_CREDENTIALS = 'Sure, my username is "john_doe" and my API key is: "****"'
+# The demo key is the word "key": every place it stands as a word is masked, quoted or not.
+MASKED_CREDENTIALS = 'Sure, my username is "john_doe" and my API **** is: "****"'
 TICKET_12345 = {"ticket_id": "12345", "status": "Open", "issue": "Billing Query"}
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-class Chat:
-    """One browser session's conversation, driven through ``chat.runtime`` as the consumer does."""
-
-    def __init__(self, session_key: str = "b" * 32) -> None:
-        self.session_key = session_key
-        self.frames: list[dict[str, Any]] = []
-        self.conversation_id = None
-
-    async def start(self) -> list[dict[str, Any]]:
-        attached = await database_sync_to_async(conversation_attach)(
-            session_key=self.session_key, client_address="127.0.0.1"
-        )
-        assert attached.created
-        self.conversation_id = attached.conversation.id
-        return await self._turn(None)
-
-    async def say(self, text: str) -> list[dict[str, Any]]:
-        return await self._turn(text)
-
-    async def _turn(self, text: str | None) -> list[dict[str, Any]]:
-        frames: list[dict[str, Any]] = []
-
-        async def emit(frame: dict[str, Any]) -> None:
-            frames.append(frame)
-
-        await conversation_respond(conversation_id=self.conversation_id, emit=emit, customer_text=text)
-        assert frames[-1] == {"type": "idle"}
-        assert not [f for f in frames if f["type"] == "error"], frames
-        self.frames.extend(frames)
-        return frames
-
-    async def turns(self) -> list[Turn]:
-        return [t async for t in Turn.objects.filter(conversation_id=self.conversation_id).order_by("seq")]
-
-    async def customer(self) -> str | None:
-        conversation = await Conversation.objects.select_related("customer").aget(id=self.conversation_id)
-        return conversation.customer.username if conversation.customer else None
 
 
 def said(frames: list[dict[str, Any]]) -> list[str]:
@@ -80,8 +36,8 @@ def tool_steps(frames: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
 
 
 async def verified_chat() -> Chat:
-    chat = Chat()
-    await chat.start()
+    chat = await Chat.start(client_address="127.0.0.1")
+    await chat.greet()
     await chat.say(CREDENTIALS)
     assert await chat.customer() == "john_doe"
     return chat
@@ -105,8 +61,8 @@ def assert_stored_well(turns: list[Turn]) -> None:
 
 
 async def test_the_seed_conversation(demo_data):
-    chat = Chat()
-    greeting = await chat.start()
+    chat = await Chat.start(client_address="127.0.0.1")
+    greeting = await chat.greet()
     assert said(greeting) == [builtin.GREETING]
     assert greeting[0] == {"type": "typing"}
     assert "".join(f["text"] for f in greeting if f["type"] == "delta") == builtin.GREETING
@@ -154,8 +110,8 @@ async def test_the_seed_conversation(demo_data):
 
 
 async def test_a_wrong_key_is_not_verified_and_is_masked_too(demo_data):
-    chat = Chat()
-    await chat.start()
+    chat = await Chat.start(client_address="127.0.0.1")
+    await chat.greet()
     frames = await chat.say('my username is "john_doe" and my API key is: "nope"')
     assert tool_steps(frames) == [
         ("started", "verify_user", {"username": "john_doe", "api_key": "****"}),
@@ -189,8 +145,8 @@ async def test_another_customers_ticket_is_not_shown(demo_data):
 
 
 async def test_a_ticket_asked_for_before_verification_gets_a_request_for_credentials(demo_data):
-    chat = Chat()
-    await chat.start()
+    chat = await Chat.start(client_address="127.0.0.1")
+    await chat.greet()
     frames = await chat.say("What's the status of ticket 12345?")
     assert tool_steps(frames) == []
     assert said(frames) == [builtin.ASK_CREDENTIALS]
@@ -215,8 +171,8 @@ async def test_several_tickets_in_one_message_are_two_calls_in_one_response(demo
 
 
 async def test_credentials_and_a_ticket_in_one_message_verify_then_look_up(demo_data):
-    chat = Chat()
-    await chat.start()
+    chat = await Chat.start(client_address="127.0.0.1")
+    await chat.greet()
     frames = await chat.say('My username is john_doe and my API key is "key". What about ticket 12345?')
     assert tool_steps(frames) == [
         ("started", "verify_user", {"username": "john_doe", "api_key": "****"}),
@@ -230,8 +186,8 @@ async def test_credentials_and_a_ticket_in_one_message_verify_then_look_up(demo_
 
 
 async def test_a_request_it_cannot_serve_says_what_it_can_do(demo_data):
-    chat = Chat()
-    await chat.start()
+    chat = await Chat.start(client_address="127.0.0.1")
+    await chat.greet()
     frames = await chat.say("Can you book me a flight to Lisbon?")
     assert tool_steps(frames) == []
     [answer] = said(frames)
@@ -240,8 +196,8 @@ async def test_a_request_it_cannot_serve_says_what_it_can_do(demo_data):
 
 
 async def test_jane_sees_her_ticket_and_not_johns(demo_data):
-    chat = Chat()
-    await chat.start()
+    chat = await Chat.start(client_address="127.0.0.1")
+    await chat.greet()
     await chat.say('username: jane_roe, api key: "jane-key"')
     assert await chat.customer() == "jane_roe"
     frames = await chat.say("24680 and 12345 please")
@@ -252,9 +208,9 @@ async def test_jane_sees_her_ticket_and_not_johns(demo_data):
 
 async def test_non_streaming_mode(demo_data, settings):
     settings.CHAT_STREAM = False
-    llm.get_chat_model.cache_clear()
-    chat = Chat()
-    greeting = await chat.start()
+    llm.configured_chat_model.cache_clear()
+    chat = await Chat.start(client_address="127.0.0.1")
+    greeting = await chat.greet()
     assert [f["text"] for f in greeting if f["type"] == "delta"] == [builtin.GREETING]  # one piece
     await chat.say(CREDENTIALS)
     frames = await chat.say("Yea it's: 12345")
@@ -262,17 +218,27 @@ async def test_non_streaming_mode(demo_data, settings):
     assert_stored_well(await chat.turns())
 
 
-async def test_streaming_mode_sends_the_reply_in_several_deltas(demo_data):
-    chat = Chat()
-    greeting = await chat.start()
+async def test_streaming_mode_sends_the_reply_in_several_deltas(demo_data, settings):
+    settings.CHAT_DELTA_COALESCE_MS = 0  # a piece per word, as the model streams them
+    chat = await Chat.start(client_address="127.0.0.1")
+    greeting = await chat.greet()
     deltas = [f["text"] for f in greeting if f["type"] == "delta"]
     assert len(deltas) > 5 and "".join(deltas) == builtin.GREETING
 
 
+async def test_deltas_are_coalesced_the_first_piece_at_once(demo_data, settings):
+    """Streamed faster than the window, the reply goes as its first word, then the rest in one piece."""
+    settings.CHAT_DELTA_COALESCE_MS = 10_000
+    chat = await Chat.start(client_address="127.0.0.1")
+    greeting = await chat.greet()
+    deltas = [f["text"] for f in greeting if f["type"] == "delta"]
+    assert deltas == ["Hello, ", builtin.GREETING.removeprefix("Hello, ")]
+
+
 async def test_verification_holds_across_turns_and_is_per_conversation(demo_data):
     chat = await verified_chat()
-    other = Chat(session_key="o" * 32)
-    await other.start()
+    other = await Chat.start(client_address="127.0.0.1")
+    await other.greet()
     frames = await other.say("Yea it's: 12345")
     assert "Open" not in json.dumps(frames)
     assert await other.customer() is None
@@ -296,8 +262,8 @@ def test_credentials_are_read_without_the_punctuation_that_ends_the_sentence(tex
 
 
 async def test_unquoted_credentials_ending_a_sentence_verify(demo_data):
-    chat = Chat()
-    await chat.start()
+    chat = await Chat.start(client_address="127.0.0.1")
+    await chat.greet()
     frames = await chat.say("My username is john_doe. My API key is key.")
     assert tool_steps(frames)[1] == ("done", "verify_user", {"success": True})
     assert await chat.customer() == "john_doe"

@@ -12,14 +12,9 @@ from django.core.management import CommandError, call_command
 
 from chat import builtin
 from chat.models import Conversation, Turn
-from tests.conftest import SEED_MESSAGES
+from tests.support.seed import SEED_MESSAGES
 from tickets.models import ApiKey, Ticket
 from tickets.services import customer_authenticate
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def seed(*args: str) -> str:
@@ -98,7 +93,7 @@ def test_chat_replay_prints_the_seed_like_transcript(demo_data, tmp_path):
         f"assistant: {builtin.GOODBYE}",
     ]
     conversation = Conversation.objects.get()
-    assert f"(conversation {conversation.id} is stored)" in err.getvalue()
+    assert f"Conversation {conversation.id} is stored" in err.getvalue()
     assert conversation.customer.username == "john_doe"
     assert Turn.objects.filter(conversation=conversation, role="user").count() == 4
 
@@ -118,3 +113,44 @@ def test_chat_replay_of_a_missing_file_is_a_command_error(tmp_path):
     with pytest.raises(CommandError, match=r"Cannot read .*missing\.txt: No such file or directory"):
         call_command("chat", replay=str(tmp_path / "missing.txt"), stdout=io.StringIO())
     assert not Conversation.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("when", ["waiting for the customer", "mid-reply"])
+def test_ctrl_c_in_the_terminal_chat_ends_cleanly_and_says_where_the_conversation_is(when: str) -> None:
+    """SIGINT (Ctrl-C) while the command waits for input, or while the agent streams: no traceback, exit 0,
+    and the conversation's id and home are printed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.support.browser import database_url
+
+    environment = {**os.environ, "DATABASE_URL": database_url(), "PYTHONUNBUFFERED": "1", "CHAT_BACKEND": "builtin",
+                   "CHAT_BUILTIN_DELAY_MS": "400" if when == "mid-reply" else "0"}
+    environment.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    chat = subprocess.Popen(
+        [sys.executable, "manage.py", "chat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=environment, text=True,
+    )
+    try:
+        assert chat.stdout is not None
+        if when == "waiting for the customer":
+            assert chat.stdout.readline().startswith("assistant: Hello")  # the greeting is done: input() waits
+            time.sleep(0.3)  # into input(): there is no event to wait on for that
+        else:
+            deadline = time.monotonic() + 20
+            while not Conversation.objects.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)  # the greeting streams, one word each 400 ms
+        chat.send_signal(signal.SIGINT)
+        _, err = chat.communicate(timeout=20)
+    finally:
+        chat.kill()
+    assert chat.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "Ctrl-C quits" in err
+    conversation = Conversation.objects.get()
+    assert f"Conversation {conversation.id} is stored in the" in err
+    assert f"/operators/conversations/{conversation.id}/" in err

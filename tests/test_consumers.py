@@ -10,38 +10,23 @@ import asyncio
 import uuid
 
 import pytest
+from django.conf import settings as django_settings
 
-from chat import consumers, llm, runtime
+from chat import consumers, llm, turnlock
 from chat.agent import ModelError
 from chat.builtin import GOODBYE, GREETING
-from tests.conftest import SEED_MESSAGES
-from tests.ws_support import (
-    ScriptedModel,
-    assistant_texts,
-    connect,
-    new_session_key,
-    of_type,
-    open_chat,
-    say,
-    stored_error_codes,
-    stored_turns,
-    until_idle,
-)
+from tests.support.history import stored_error_codes, stored_turns
+from tests.support.models import ScriptedModel
+from tests.support.seed import SEED_MESSAGES
+from tests.support.sockets import assistant_texts, connect, new_session_key, of_type, open_chat, say, until_idle
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_turn_left_running")]
 
 
 @pytest.fixture
-def model(monkeypatch) -> ScriptedModel:
+def model(chat_model) -> ScriptedModel:
     """The builtin model behind a gate the test controls; it counts calls."""
-    scripted = ScriptedModel(llm.get_chat_model())
-
-    def get_chat_model() -> ScriptedModel:
-        return scripted
-
-    get_chat_model.cache_clear = lambda: None  # type: ignore[attr-defined]
-    monkeypatch.setattr(llm, "get_chat_model", get_chat_model)
-    return scripted
+    return chat_model
 
 
 
@@ -106,7 +91,7 @@ async def test_the_seed_conversation_over_the_socket(demo_data, model):
     assert '"key"' not in str(every_frame) and "'key'" not in str(every_frame)
     turns = await stored_turns(conversation_id)
     assert [content for role, content in turns if role == "user"][1] == (
-        'Sure, my username is "john_doe" and my API key is: "****"'
+        'Sure, my username is "john_doe" and my API **** is: "****"'
     )
     await communicator.disconnect()
 
@@ -135,7 +120,7 @@ async def test_reconnecting_resumes_the_conversation_without_a_second_greeting(d
         ("message", "assistant"),
     ]
     assert replay[0]["text"] == GREETING
-    assert replay[1]["text"] == 'Sure, my username is "john_doe" and my API key is: "****"'
+    assert replay[1]["text"] == 'Sure, my username is "john_doe" and my API **** is: "****"'
     assert replay[2]["arguments"] == {"username": "john_doe", "api_key": "****"}
     assert model.calls == calls, "resuming must not call the model"
 
@@ -266,7 +251,7 @@ async def test_a_message_of_exactly_the_limit_is_accepted(model, settings):
 )
 async def test_a_model_failure_is_reported_and_the_next_message_works(demo_data, model, failure):
     communicator, conversation_id = await greeted(await new_session_key())
-    model.failures.append(failure)
+    model.queue(failure)
 
     frames = await say(communicator, SEED_MESSAGES[1])
     assert frames[-2:] == [{"type": "error", "code": failure.code, "message": failure.message}, {"type": "idle"}]
@@ -300,7 +285,7 @@ async def test_an_unreachable_endpoint_gets_a_customer_readable_error(model, set
 
 async def test_an_unexpected_crash_in_a_turn_still_ends_it(model):
     communicator, conversation_id = await greeted(await new_session_key())
-    model.failures.append(RuntimeError("boom"))  # not a ModelError: a bug somewhere
+    model.queue(RuntimeError("boom"))  # not a ModelError: a bug somewhere
     frames = await say(communicator, "hello")
     assert frames[-2]["type"] == "error" and frames[-2]["code"] == "internal_error"
     assert "boom" not in frames[-2]["message"]
@@ -408,38 +393,37 @@ async def test_two_tabs_of_one_session_take_turns_and_see_each_other(demo_data, 
 
 # ACROSS SERVER PROCESSES (Redis only: the lease lives in the channel layer's Redis)
 
-needs_redis = pytest.mark.skipif(runtime._lease_redis_url() is None, reason="REDIS_URL is not set")
+needs_redis = pytest.mark.skipif(not django_settings.CHAT_TURN_LEASE_URL, reason="REDIS_URL is not set")
 
 
 @needs_redis
 async def test_a_turn_waits_for_a_turn_running_in_another_process(model):
     """Another process's turn is its Redis lease, taken without this process's asyncio lock."""
     conversation_id = uuid.uuid4()
-    url = runtime._lease_redis_url()
     other_process_done = asyncio.Event()
     entered = asyncio.Event()
     order: list[str] = []
 
     async def other_process() -> None:
-        async with runtime._redis_lease(url, conversation_id):
+        async with turnlock._redis_lease(turnlock._lease_client(), conversation_id):
             order.append("other")
             entered.set()
             await other_process_done.wait()
 
     async def this_process() -> None:
-        async with runtime.conversation_lock(conversation_id):
+        async with turnlock.conversation_lock(conversation_id):
             order.append("this")
 
     other = asyncio.create_task(other_process())
     await asyncio.wait_for(entered.wait(), timeout=10)
-    assert await runtime.conversation_busy(conversation_id)
+    assert await turnlock.conversation_busy(conversation_id)
     mine = asyncio.create_task(this_process())
     done, _ = await asyncio.wait([mine], timeout=0.3)
     assert not done, "the turn must wait while another process holds the conversation"
     other_process_done.set()
     await asyncio.wait_for(asyncio.gather(other, mine), timeout=10)
     assert order == ["other", "this"]
-    assert not await runtime.conversation_busy(conversation_id)
+    assert not await turnlock.conversation_busy(conversation_id)
 
 
 @needs_redis
@@ -447,8 +431,7 @@ async def test_resuming_while_another_process_runs_a_turn_sends_no_idle(model):
     session_key = await new_session_key()
     communicator, conversation_id = await greeted(session_key)
     await communicator.disconnect()
-    url = runtime._lease_redis_url()
-    async with runtime._redis_lease(url, conversation_id):
+    async with turnlock._redis_lease(turnlock._lease_client(), conversation_id):
         again, _ = await open_chat(session_key)
         assert (await again.receive_json_from())["text"] == GREETING
         assert await again.receive_nothing(timeout=0.1), "the other process's turn will send the idle"

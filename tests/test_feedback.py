@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from chat.feedback import MAX_COMMENT_CHARS
 from chat.models import Feedback
-from chat.roles import roles_ensure
+from chat.operators.access import roles_ensure
 from chat.services import conversation_start
 
 pytestmark = pytest.mark.django_db

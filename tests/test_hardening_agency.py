@@ -17,15 +17,9 @@ from chat.agent import TOO_MANY_CALLS
 from chat.models import Conversation
 from chat.prompts import SYSTEM_PROMPT
 from chat.toolbox import Toolbox
-from tests.hardening_support import (
-    Chat,
-    QueuedModel,
-    assert_valid_api_history,
-    calls,
-    say_text,
-    stored_messages,
-    use_model,
-)
+from tests.support.driver import Chat
+from tests.support.history import assert_valid_api_history, stored_messages
+from tests.support.models import ScriptedModel, calls, say_text
 from tickets.models import Ticket, VerificationAttempt
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -34,10 +28,8 @@ JOHN_ISSUES = ("Billing Query", "Technical Support")  # john_doe's tickets 12345
 
 
 @pytest.fixture
-def model(monkeypatch) -> QueuedModel:
-    scripted = QueuedModel()
-    use_model(monkeypatch, scripted)
-    return scripted
+def model(chat_model) -> ScriptedModel:
+    return chat_model.script()
 
 
 @pytest.fixture
@@ -46,9 +38,9 @@ def tool_runs(monkeypatch) -> list[str]:
     runs: list[str] = []
     real = Toolbox.run
 
-    def counting(self, call, context):
+    def counting(self, call, context, **options):
         runs.append(call.name)
-        return real(self, call, context)
+        return real(self, call, context, **options)
 
     monkeypatch.setattr(Toolbox, "run", counting)
     return runs

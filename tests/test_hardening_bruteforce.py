@@ -16,10 +16,9 @@ from django.conf import settings as django_settings
 
 from chat.agent import ToolCall
 from chat.models import Conversation
-from chat.runtime import get_toolbox
-from chat.toolbox import ToolContext
-from tests.browser_server import database_url
-from tests.hardening_support import Chat
+from chat.toolbox import ToolContext, get_toolbox
+from tests.support.browser import database_url
+from tests.support.driver import Chat
 from tickets.tools import LOCKED
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,7 +28,7 @@ OTHER_PROCESS = """
 import json, sys, uuid, django
 django.setup()
 from chat.agent import ToolCall
-from chat.runtime import get_toolbox
+from chat.toolbox import get_toolbox
 from chat.toolbox import ToolContext
 answers = []
 for username in sys.argv[1:]:
@@ -65,14 +64,16 @@ def fail_in_another_process(*usernames: str) -> list[dict]:
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def test_failures_in_another_process_lock_the_username_here_even_for_the_right_key(demo_data, settings):
+def test_failures_in_another_process_lock_the_username_from_that_address_even_for_the_right_key(demo_data, settings):
     settings.VERIFY_MAX_FAILURES = 5
     answers = fail_in_another_process("john_doe", "nobody_by_this_name")
     assert answers == [{"success": False}] * 10, "an unknown username answers exactly like a wrong key"
 
-    # This process, another conversation and another address: the username is locked.
-    assert verify("john_doe", "key") == {"success": False, "error": LOCKED}
-    assert verify("nobody_by_this_name", "key") == {"success": False, "error": LOCKED}, "same answer: no oracle"
+    # This process, another conversation, the attacker's address: the username is locked there.
+    assert verify("john_doe", "key", address="203.0.113.50") == {"success": False, "error": LOCKED}
+    assert verify("nobody_by_this_name", "key", address="203.0.113.50") == {"success": False, "error": LOCKED}, (
+        "same answer: no oracle"
+    )
     assert verify("jane_roe", "jane-key") == {"success": True}, "other customers are not locked out"
     assert not Conversation.objects.filter(customer__username="john_doe").exists()
 

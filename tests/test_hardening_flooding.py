@@ -9,62 +9,34 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 
-from chat import limits, llm
-from chat.agent import CUT_NOTE, ModelReply, ToolCall, estimate_tokens, trim_history
+from chat import limits
+from chat.agent import ModelReply, ToolCall
+from chat.history import CUT_NOTE, estimate_tokens, trim_history
 from chat.prompts import SYSTEM_PROMPT
-from supportsite.asgi import application
-from tests.browser_server import database_url
-from tests.hardening_support import (
-    Chat,
-    QueuedModel,
-    assert_valid_api_history,
-    calls,
-    say_text,
-    stored_messages,
-    use_model,
-)
-from tests.ws_support import ORIGIN, TIMEOUT, ScriptedModel, new_session_key, of_type, until_idle
+from tests.support.browser import database_url
+from tests.support.driver import Chat
+from tests.support.history import assert_valid_api_history, stored_messages
+from tests.support.models import ScriptedModel, calls, say_text
+from tests.support.sockets import TIMEOUT, an_address, attached, connect, new_session_key, of_type, say, until_idle
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_turn_left_running")]
 
 
 
 @pytest.fixture
-def model(monkeypatch) -> ScriptedModel:
-    scripted = ScriptedModel(llm.get_chat_model())
-    use_model(monkeypatch, scripted)
-    return scripted
-
-
-def an_address() -> str:
-    """A client address of this test alone (the cache may be Redis, shared by runs)."""
-    raw = uuid.uuid4().bytes
-    return f"2001:db8:{raw[0]:x}{raw[1]:02x}:{raw[2]:x}{raw[3]:02x}::{raw[4]:x}"
+def model(chat_model) -> ScriptedModel:
+    return chat_model
 
 
 async def socket(session_key: str | None, *, address: str | None = None, new: bool = False) -> WebsocketCommunicator:
-    headers = [ORIGIN]
-    if session_key:
-        headers.append((b"cookie", f"{django_settings.SESSION_COOKIE_NAME}={session_key}".encode()))
-    communicator = WebsocketCommunicator(application, "/ws/chat/?new=1" if new else "/ws/chat/", headers=headers)
-    communicator.scope["client"] = (address, 50000) if address else None
-    connected, detail = await communicator.connect(timeout=TIMEOUT)
+    communicator, connected, detail = await connect(session_key, address=address, new=new)
     assert connected, detail
-    return communicator
-
-
-async def attached(session_key: str | None, **kwargs: Any) -> WebsocketCommunicator:
-    communicator = await socket(session_key, **kwargs)
-    first = await communicator.receive_json_from(timeout=TIMEOUT)
-    assert first["type"] == "conversation", first
-    await until_idle(communicator)
     return communicator
 
 
@@ -78,11 +50,6 @@ async def refused_socket(session_key: str | None, code: str, **kwargs: Any) -> d
     return frame
 
 
-async def send(communicator: WebsocketCommunicator, text: str) -> list[dict[str, Any]]:
-    await communicator.send_json_to({"type": "message", "text": text})
-    return await until_idle(communicator)
-
-
 # MESSAGES
 
 
@@ -90,9 +57,9 @@ async def test_messages_over_the_per_session_minute_limit_are_refused_without_a_
     settings.CHAT_MESSAGES_PER_MINUTE = 3
     communicator = await attached(await new_session_key())
     for n in range(3):
-        assert not of_type(await send(communicator, f"hello {n}"), "error")
+        assert not of_type(await say(communicator, f"hello {n}"), "error")
     calls_before = model.calls
-    frames = await send(communicator, "one too many")
+    frames = await say(communicator, "one too many")
     assert frames == [{"type": "error", "code": "rate_limited", "message": limits.RATE_LIMITED, "refused": True},
                       {"type": "idle"}]
     assert model.calls == calls_before
@@ -105,10 +72,10 @@ async def test_messages_over_the_per_address_limit_are_refused_across_sessions(m
     first = await attached(await new_session_key(), address=address)
     second = await attached(await new_session_key(), address=address)
     other = await attached(await new_session_key(), address=an_address())
-    assert not of_type(await send(first, "one"), "error")
-    assert not of_type(await send(second, "two"), "error")
-    assert of_type(await send(second, "three"), "error")[0]["code"] == "rate_limited"
-    assert not of_type(await send(other, "another address is not affected"), "error")
+    assert not of_type(await say(first, "one"), "error")
+    assert not of_type(await say(second, "two"), "error")
+    assert of_type(await say(second, "three"), "error")[0]["code"] == "rate_limited"
+    assert not of_type(await say(other, "another address is not affected"), "error")
     for communicator in (first, second, other):
         await communicator.disconnect()
 
@@ -125,7 +92,8 @@ async def test_a_refusal_during_a_running_turn_keeps_the_turn_going(demo_data, m
         before.append(frame["type"])
     assert "idle" not in before
     assert frame["code"] == "rate_limited" and frame["refused"] is True
-    assert await communicator.receive_nothing(timeout=0.05), "no idle: the first turn is still running"
+    while not await communicator.receive_nothing(timeout=0.05):
+        assert (await communicator.receive_json_from())["type"] != "idle", "no idle: the first turn is still running"
     model.release()
     rest = await until_idle(communicator)
     assert [f["role"] for f in rest if f["type"] == "message"] == ["assistant"]
@@ -151,7 +119,7 @@ async def test_message_counters_hold_across_server_processes(model, settings):
     session_key = await new_session_key()
     communicator = await attached(session_key)
     await asyncio.to_thread(admit_in_another_process, session_key, 20)
-    frames = await send(communicator, "hello")
+    frames = await say(communicator, "hello")
     assert of_type(frames, "error")[0]["code"] == "rate_limited", "the other process's messages counted here"
     await communicator.disconnect()
 
@@ -207,15 +175,15 @@ async def test_a_conversation_over_its_length_cap_asks_for_a_new_one(model, sett
     settings.CHAT_MAX_CUSTOMER_MESSAGES = 2
     session_key = await new_session_key()
     communicator = await attached(session_key)
-    await send(communicator, "one")
-    await send(communicator, "two")
+    await say(communicator, "one")
+    await say(communicator, "two")
     calls_before = model.calls
-    frames = await send(communicator, "three")
+    frames = await say(communicator, "three")
     assert frames[0]["code"] == "conversation_too_long" and "start a new conversation" in frames[0]["message"]
     assert frames[-1] == {"type": "idle"} and model.calls == calls_before
     await communicator.disconnect()
     fresh = await attached(session_key, new=True)
-    assert not of_type(await send(fresh, "hello again"), "error")
+    assert not of_type(await say(fresh, "hello again"), "error")
     await fresh.disconnect()
 
 
@@ -247,11 +215,10 @@ def test_trimming_keeps_the_system_prompt_the_newest_messages_and_whole_tool_ste
         assert trimmed == history
 
 
-async def test_the_model_receives_the_trimmed_history_and_the_whole_one_is_stored(demo_data, monkeypatch, settings):
+async def test_the_model_receives_the_trimmed_history_and_the_whole_one_is_stored(chat_model, demo_data, settings):
     settings.CHAT_HISTORY_TOKEN_BUDGET = 1500
     settings.CHAT_MESSAGES_PER_MINUTE = 100
-    model = QueuedModel()
-    use_model(monkeypatch, model)
+    model = chat_model.script()
     chat = await Chat.start(greet=True)
     for n in range(12):
         model.queue(calls(("get_ticket_status", {"ticket_id": "12345"})), say_text("x" * 1200))
@@ -265,10 +232,9 @@ async def test_the_model_receives_the_trimmed_history_and_the_whole_one_is_store
     assert stored[-len(last) : -1] == last[1:], "the newest messages, as stored (the answer came after)"
 
 
-async def test_an_oversized_tool_result_is_cut_with_a_note(demo_data, monkeypatch, settings):
+async def test_an_oversized_tool_result_is_cut_with_a_note(chat_model, demo_data, settings):
     settings.CHAT_MAX_TOOL_RESULT_CHARS = 20
-    model = QueuedModel(calls(("get_ticket_status", {"ticket_id": "12345"})), ModelReply("ok"))
-    use_model(monkeypatch, model)
+    model = chat_model.script(calls(("get_ticket_status", {"ticket_id": "12345"})), ModelReply("ok"))
     chat = await Chat.start()
     await chat.respond("hi")
     result = model.requests[-1][-1]

@@ -15,20 +15,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from chat import selectors
-from chat.agent import ModelError, ModelReply, ToolCall, trim_history
-from chat.frames import FrameError, parse_client_frame
-from chat.runtime import get_toolbox
+from chat.agent import ModelError, ModelReply, ToolCall
+from chat.frames import parse_client_frame
+from chat.history import messages_valid_for_api, trim_history
+from chat.protocol import CustomerError
 from chat.services import conversation_start
-from chat.toolbox import ToolContext
-from tests.hardening_support import (
-    Chat,
-    QueuedModel,
-    assert_valid_api_history,
-    calls,
-    stored_messages,
-    use_model,
-)
-from tests.ws_support import open_chat, until_idle
+from chat.toolbox import ToolContext, get_toolbox
+from tests.support.driver import Chat
+from tests.support.history import assert_valid_api_history, stored_messages
+from tests.support.models import calls
+from tests.support.sockets import open_chat, until_idle
 
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
@@ -64,7 +60,7 @@ frame_texts = st.one_of(
 def test_the_frame_parser_accepts_only_real_messages_and_never_crashes(text):
     try:
         frame = parse_client_frame(text)
-    except FrameError as error:
+    except CustomerError as error:
         assert error.code in {"bad_frame", "unknown_type", "bad_text", "empty_message", "message_too_long"}
         assert error.message and len(error.message) < 300
         return
@@ -74,11 +70,10 @@ def test_the_frame_parser_accepts_only_real_messages_and_never_crashes(text):
 
 
 @pytest.fixture
-def quick_model(monkeypatch, settings):
+def quick_model(chat_model, settings):
     settings.CHAT_MESSAGES_PER_MINUTE = 10**6
     settings.CHAT_CONVERSATIONS_PER_HOUR = 10**6
-    model = QueuedModel()
-    use_model(monkeypatch, model)
+    model = chat_model.script()
     return model
 
 
@@ -94,7 +89,7 @@ def test_the_socket_answers_every_frame_and_stays_usable(quick_model, texts):
             await communicator.send_to(text_data=text)
             try:
                 parse_client_frame(text)
-            except FrameError as error:
+            except CustomerError as error:
                 frame = await communicator.receive_json_from(timeout=10)
                 assert frame == {"type": "error", "code": error.code, "message": error.message, "refused": True}
                 assert await communicator.receive_json_from(timeout=10) == {"type": "idle"}
@@ -183,12 +178,11 @@ model_steps = st.one_of(
     turns=st.lists(st.tuples(st.text(min_size=1, max_size=60), st.lists(model_steps, max_size=4)), max_size=5),
     budget=st.integers(min_value=0, max_value=3000),
 )
-def test_any_sequence_of_turns_stores_a_valid_api_history(monkeypatch, settings, demo_data, turns, budget):
+def test_any_sequence_of_turns_stores_a_valid_api_history(chat_model, settings, demo_data, turns, budget):
     settings.CHAT_MAX_MODEL_CALLS = 4
     settings.CHAT_MAX_TOOL_CALLS_PER_REPLY = 8
     settings.CHAT_HISTORY_TOKEN_BUDGET = budget
-    model = QueuedModel()
-    use_model(monkeypatch, model)
+    model = chat_model.script()
 
     async def conversation() -> uuid.UUID:
         chat = await Chat.start(client_address=None, greet=True)
@@ -201,7 +195,7 @@ def test_any_sequence_of_turns_stores_a_valid_api_history(monkeypatch, settings,
     conversation_id = async_to_sync(conversation)()
     raw = async_to_sync(stored_messages)(conversation_id)
     assert_valid_api_history(raw)
-    assert selectors.messages_valid_for_api(raw) == raw
+    assert messages_valid_for_api(raw) == raw
     assert selectors.conversation_history(conversation_id=conversation_id) == raw
     for request in model.requests:
         assert_valid_api_history(request)

@@ -5,13 +5,15 @@ stored as an answer, and the next message works."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
 from chat import llm
-from tests.fake_openai import FakeOpenAI, Reply, error_reply, stream_reply, text_deltas
-from tests.ws_support import assistant_texts, new_session_key, of_type, open_chat, say, stored_turns, until_idle
+from tests.support.fake_openai import FakeOpenAI, Reply, error_reply, stream_reply, text_deltas
+from tests.support.history import stored_turns
+from tests.support.sockets import assistant_texts, new_session_key, of_type, open_chat, say, until_idle
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_turn_left_running")]
 
@@ -36,7 +38,7 @@ def openai_backend(fake, settings):
     settings.CHAT_MAX_RETRIES = 2
     settings.CHAT_TIMEOUT_SECONDS = 1.0
     settings.CHAT_REPLY_TIMEOUT_SECONDS = REPLY_TIMEOUT
-    llm.get_chat_model.cache_clear()
+    llm.configured_chat_model.cache_clear()
     return fake
 
 
@@ -116,7 +118,7 @@ async def test_an_endpoint_nobody_listens_on_is_reported_in_bounded_time(setting
     settings.OPENAI_BASE_URL = f"http://127.0.0.1:{unused_tcp_port}/v1"
     settings.CHAT_MAX_RETRIES = 2
     settings.CHAT_REPLY_TIMEOUT_SECONDS = REPLY_TIMEOUT
-    llm.get_chat_model.cache_clear()
+    llm.configured_chat_model.cache_clear()
     started = time.monotonic()
     communicator, conversation_id = await open_chat(await new_session_key())
     frames = await until_idle(communicator)
@@ -124,3 +126,42 @@ async def test_an_endpoint_nobody_listens_on_is_reported_in_bounded_time(setting
     assert [error["code"] for error in of_type(frames, "error")] == ["model_unavailable"]
     assert [role for role, _ in await stored_turns(conversation_id)] == ["error"]
     await communicator.disconnect()
+
+
+# A REPLY LARGER THAN A WEBSOCKET FRAME (issue 9, item 4)
+
+WS_FRAME_LIMIT = 1024 * 1024  # daphne (autobahn) closes a socket with 1011 on a larger frame
+
+
+async def test_a_megabyte_reply_is_cut_and_the_conversation_replays_in_frames_that_fit(openai_backend, settings):
+    settings.CHAT_MAX_REPLY_CHARS = 5000
+    huge = ["word " * 2000] * 300  # 3 MB in 300 pieces
+    openai_backend.script(stream_reply(text_deltas("Hello.")), stream_reply(text_deltas(*huge)))
+    session_key = await new_session_key()
+    communicator, conversation_id = await open_chat(session_key)
+    await until_idle(communicator)
+    frames = await say(communicator, "tell me everything")
+    streamed = "".join(f["text"] for f in of_type(frames, "delta"))
+    (answer,) = assistant_texts(frames)
+    assert len(streamed) <= 5000 and answer.startswith(streamed) and answer.endswith("longer than 5000 characters]")
+    assert ("assistant", answer) in await stored_turns(conversation_id)
+    await communicator.disconnect()
+
+    again, _ = await open_chat(session_key)  # the reload that used to close with 1011, every time
+    replay = await until_idle(again)
+    assert answer in [f.get("text") for f in replay]
+    assert max(len(json.dumps(frame).encode()) for frame in replay) < WS_FRAME_LIMIT
+    openai_backend.script(stream_reply(text_deltas("Still here.")))
+    assert assistant_texts(await say(again, "hello?")) == ["Still here."]
+    await again.disconnect()
+
+
+def test_a_row_stored_before_the_cap_replays_cut_to_fit(db):
+    from chat.selectors import REPLAY_MAX_CHARS, conversation_replay_frames
+    from chat.services import conversation_start, turns_append
+
+    conversation = conversation_start(session_key="r" * 32)
+    turns_append(conversation_id=conversation.id, messages=[{"role": "assistant", "content": "é" * 8_000_000}])
+    (frame,) = conversation_replay_frames(conversation_id=conversation.id)
+    assert len(json.dumps(frame, ensure_ascii=False).encode()) < WS_FRAME_LIMIT
+    assert frame["text"].startswith("é" * REPLAY_MAX_CHARS) and "cut:" in frame["text"]

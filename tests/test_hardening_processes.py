@@ -15,22 +15,18 @@ from channels import DEFAULT_CHANNEL_LAYER
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from django.conf import settings as django_settings
-from django.contrib.sessions.backends.db import SessionStore
 from django.core.management import call_command
 from django.db import connection
 from pytest_django import DjangoDbBlocker
-from websockets.sync.client import ClientConnection
-from websockets.sync.client import connect as ws_connect
 
-from chat import consumers, llm, selectors, services
+from chat import consumers, selectors
 from chat.builtin import GREETING
 from chat.models import Turn
-from tests.browser_server import ARTIFACTS, STAFF_PASSWORD, ChatServer, daphne_environment, free_port
-from tests.conftest import SEED_MESSAGES
-from tests.hardening_support import assert_valid_api_history, use_model
-from tests.ws_support import ScriptedModel, new_session_key, open_chat
-
-TIMEOUT = 30  # more than runtime.LEASE_SECONDS, a dead process's lease
+from tests.support.browser import ARTIFACTS, STAFF_PASSWORD, ChatServer, daphne_environment, free_port
+from tests.support.history import assert_valid_api_history
+from tests.support.live import TIMEOUT, frames_until, greeted_conversation, resumed, say, socket
+from tests.support.seed import SEED_MESSAGES
+from tests.support.sockets import new_session_key, open_chat
 
 
 @pytest.fixture(scope="module")
@@ -58,39 +54,6 @@ def server(slow_daphne: ChatServer, transactional_db: None, settings) -> ChatSer
     with open(os.devnull, "w") as quiet:
         call_command("seed_demo", password=STAFF_PASSWORD, stdout=quiet)
     return slow_daphne
-
-
-def greeted_conversation() -> tuple[str, uuid.UUID]:
-    """A session whose conversation already has its greeting, so a socket resumes it at once."""
-    session = SessionStore()
-    session.create()
-    conversation = services.conversation_start(session_key=session.session_key, client_address="127.0.0.1")
-    services.turns_append(conversation_id=conversation.id, messages=[{"role": "assistant", "content": GREETING}])
-    return session.session_key, conversation.id
-
-
-def socket(server: ChatServer, session_key: str) -> ClientConnection:
-    headers = {"Origin": server.url, "Cookie": f"{django_settings.SESSION_COOKIE_NAME}={session_key}"}
-    return ws_connect(f"ws://127.0.0.1:{server.port}/ws/chat/", additional_headers=headers, open_timeout=TIMEOUT)
-
-
-def frames_until(ws: ClientConnection, done: Any) -> list[dict[str, Any]]:
-    frames = []
-    while True:
-        frames.append(json.loads(ws.recv(timeout=TIMEOUT)))
-        if done(frames[-1]):
-            return frames
-
-
-def say(ws: ClientConnection, text: str) -> list[dict[str, Any]]:
-    ws.send(json.dumps({"type": "message", "text": text}))
-    return frames_until(ws, lambda frame: frame["type"] == "idle")
-
-
-def resumed(ws: ClientConnection) -> list[dict[str, Any]]:
-    frames = frames_until(ws, lambda frame: frame["type"] == "idle")
-    assert frames[0]["type"] == "conversation" and frames[0]["resumed"] is True
-    return frames
 
 
 def stored_history(conversation_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -150,10 +113,9 @@ def test_the_next_message_works_after_the_database_drops_every_connection(server
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_fifty_sockets_dropped_mid_turn_leave_no_task_behind(monkeypatch):
+async def test_fifty_sockets_dropped_mid_turn_leave_no_task_behind(chat_model):
     channel_layers.backends.clear()
-    model = ScriptedModel(llm.get_chat_model())
-    use_model(monkeypatch, model)
+    model = chat_model
     await asyncio.sleep(0)
     baseline = len(asyncio.all_tasks())
     running_before = len(consumers.running_turns)

@@ -11,9 +11,10 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.urls import reverse
 
-from chat.agent import MASK
 from chat.models import Turn
-from tests.hardening_support import Chat, QueuedModel, calls, say_text, use_model
+from chat.secrets import MASK
+from tests.support.driver import Chat
+from tests.support.models import calls, say_text
 from tickets.services import apikey_finder, apikey_rotate
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,9 +26,8 @@ def john_key(demo_data) -> str:
     return raw
 
 
-async def test_a_key_typed_again_or_echoed_is_masked_in_rows_exports_and_review(john_key, monkeypatch, client):
-    model = QueuedModel()
-    use_model(monkeypatch, model)
+async def test_a_key_typed_again_or_echoed_is_masked_in_rows_exports_and_review(chat_model, john_key, client):
+    model = chat_model.script()
     chat = await Chat.start(greet=True)
     model.queue(calls(("verify_user", {"username": "john_doe", "api_key": john_key})), say_text("Verified."))
     await chat.respond(f"I'm john_doe, key {john_key}")
@@ -65,3 +65,103 @@ def test_the_finder_matches_only_active_keys_of_that_customer_with_one_query(joh
     assert apikey_finder(User.objects.get(username="jane_roe").id)(text) == ["jane-key"]
     apikey_rotate(customer=john)
     assert apikey_finder(john.id)(text) == [], "a revoked key is no longer a secret to look for"
+
+
+# EVERY PATH A RAW KEY TOOK (issue 9, item 8): one design in chat.secrets, checked on every way out.
+
+
+def _everywhere_stored(conversation_id, client) -> str:
+    """Everything a raw key could still be found in, once the conversation is over, as one text."""
+    from chat.selectors import conversation_replay_frames
+    from tickets.models import VerificationAttempt
+
+    rows = list(Turn.objects.filter(conversation_id=conversation_id).values_list("content", "tool_calls", "result"))
+    attempts = list(VerificationAttempt.objects.values_list("username", flat=True))
+    exports = io.StringIO()
+    call_command("export_transcripts", stdout=exports)
+    call_command("export_transcripts", "--format", "csv", stdout=exports)
+    client.force_login(User.objects.get(username="admin"))
+    pages = [
+        client.get(reverse("operators:conversation", args=[conversation_id])).content.decode(),
+        client.get(reverse("admin:chat_conversation_change", args=[conversation_id])).content.decode(),
+    ]
+    replay = conversation_replay_frames(conversation_id=conversation_id)
+    return "\n".join(map(str, [rows, attempts, exports.getvalue(), *pages, replay]))
+
+
+def _searched(key: str, client) -> str:
+    client.force_login(User.objects.get(username="admin"))
+    return client.get(reverse("operators:conversations"), {"q": key}).content.decode()
+
+
+def verify(key: str, username: str = "john_doe"):
+    return calls(("verify_user", {"username": username, "api_key": key}))
+
+
+ECHO = "Thanks! For your records, the key you gave is {key} and I'll keep it safe."
+
+SCENARIOS = {
+    # name: (customer message, model replies for that turn)
+    "echo after verifying": (
+        "I'm john_doe, key {key}",
+        lambda key: [verify(key), say_text(ECHO.format(key=key))],
+    ),
+    "echo before verifying": (
+        "I'm john_doe, key {key}",
+        lambda key: [
+            calls(("verify_user", {"username": "john_doe", "api_key": key}), content=ECHO.format(key=key)),
+            say_text("Verified."),
+        ],
+    ),
+    "broken JSON before a valid call": (
+        "I'm john_doe, key {key}",
+        lambda key: [
+            calls(("verify_user", '{"username": "john_doe", "api_key": "' + key + '"')),
+            verify(key),
+            say_text("Verified."),
+        ],
+    ),
+    "a wrong tool name before a valid call": (
+        "I'm john_doe, key {key}",
+        lambda key: [calls(("verifyUser", {"username": "john_doe", "api_key": key})), verify(key), say_text("OK.")],
+    ),
+    "typed twice, quoted and not": (
+        'username john_doe, my key is "{key}" (that is {key})',
+        lambda key: [verify(key), say_text("Verified.")],
+    ),
+    "the key put in the username field": (
+        "I'm john_doe, key {key}",
+        lambda key: [verify(key, username=key), verify(key), say_text("Verified.")],
+    ),
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+async def test_a_raw_key_is_found_nowhere_whatever_path_it_takes(chat_model, scenario, john_key, client):
+    message, replies = SCENARIOS[scenario]
+    model = chat_model.script()
+    chat = await Chat.start(greet=True)
+    model.queue(*replies(john_key))
+    await chat.respond(message.format(key=john_key))
+    requests_before = len(model.requests)
+    model.queue(say_text(f"Once more: {john_key}."))  # echoed again in a later turn, once known
+    later = await chat.respond(f"Thanks. Was it {john_key}?")
+    await chat.respond("bye")
+
+    assert john_key not in str(later), "frames to this tab, other tabs and operators"
+    assert all(john_key not in str(request) for request in model.requests[requests_before:]), "model requests"
+    stored = await database_sync_to_async(_everywhere_stored)(chat.id, client)
+    assert john_key not in stored and MASK in stored
+    assert chat.id.hex not in (await database_sync_to_async(_searched)(john_key, client)).replace("-", "")
+    assert await database_sync_to_async(
+        Turn.objects.filter(conversation_id=chat.id, role=Turn.Role.USER).exclude(content__contains=MASK).count
+    )() == 1, "only the goodbye holds no key: every message that held it is masked"
+
+
+async def test_a_secret_split_across_two_stream_pieces_is_still_masked(john_key, monkeypatch):
+    from chat.secrets import MaskedStream, SecretKeeper
+
+    stream = MaskedStream(SecretKeeper(known=[john_key]))
+    half = len(john_key) // 2
+    sent = stream.push(f"your key {john_key[:half]}") + stream.push(f"{john_key[half:]} is safe") + stream.flush()
+    assert sent == f"your key {MASK} is safe"

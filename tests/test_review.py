@@ -12,46 +12,15 @@ from django.urls import reverse
 from django.utils import timezone
 
 from chat.models import Conversation, Feedback, Turn
-from chat.review import conversations_for_review, duration_text
-from chat.roles import roles_ensure
-from chat.runtime import conversation_attach, conversation_respond
+from chat.operators.access import roles_ensure
+from chat.operators.selectors import conversations_for_review, duration_text
+from chat.runtime import conversation_respond
 from chat.services import conversation_start, turn_record_error, turns_append
-from tests.conftest import SEED_MESSAGES
+from tests.support.driver import run_conversation
+from tests.support.seed import SEED_MESSAGES
 from tickets.models import Ticket
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def _runtime_inside_the_test_transaction(monkeypatch):
-    """Let ``run_conversation`` drive the runtime on the test's connection, inside its transaction.
-
-    ``database_sync_to_async`` closes "old" connections around each call, which would close the one
-    connection a non-transactional test runs in; called from this sync test, it runs in this thread.
-    """
-    monkeypatch.setattr("channels.db.close_old_connections", lambda: None)
-
-
-def run_conversation(messages: list[str] = SEED_MESSAGES, session_key: str | None = None) -> uuid.UUID:
-    """A whole conversation through the real runtime and builtin model: greeting, then each message."""
-    attached = conversation_attach(session_key=session_key or uuid.uuid4().hex, client_address="127.0.0.1", new=True)
-    conversation_id = attached.conversation.id
-
-    async def emit(frame):
-        return None
-
-    async def talk():
-        await conversation_respond(conversation_id=conversation_id, emit=emit)
-        for text in messages:
-            await conversation_respond(conversation_id=conversation_id, emit=emit, customer_text=text)
-
-    async_to_sync(talk)()
-    return conversation_id
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("runtime_on_test_connection")]
 
 
 @pytest.fixture
@@ -190,7 +159,7 @@ def test_export_links_keep_the_filters(operator_client, seeded):
 
 
 def test_list_paginates(operator_client, demo_data, monkeypatch):
-    monkeypatch.setattr("chat.review_views.PAGE_SIZE", 2)
+    monkeypatch.setattr("chat.operators.views.PAGE_SIZE", 2)
     ids = [greeting_only() for _ in range(3)]
     first = operator_client.get(reverse("operators:conversations"))
     second = operator_client.get(reverse("operators:conversations"), {"page": 2})
@@ -266,7 +235,7 @@ def test_ticket_admin_lists_the_conversations_that_looked_it_up(client, seeded):
 
 
 def test_dashboard_figures_per_day(operator_client, seeded):
-    from chat.dashboard import daily_stats, percentile
+    from chat.operators.dashboard import daily_stats, percentile
 
     anonymous = greeting_only()
     turn_record_error(conversation_id=anonymous, code="timeout", message="The model took too long.")
@@ -284,7 +253,7 @@ def test_dashboard_figures_per_day(operator_client, seeded):
 
 
 def test_dashboard_page_draws_svg_charts(operator_client, seeded, django_assert_max_num_queries):
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(9):
         response = operator_client.get(reverse("operators:dashboard"), {"since": "2020-01-01", "until": "2020-03-01"})
     body = response.content.decode()
     assert response.status_code == 200
@@ -298,3 +267,32 @@ def test_dashboard_range_defaults_to_30_days_and_is_capped(operator_client, demo
     assert len(response.context["stats"]) == 30
     response = operator_client.get(reverse("operators:dashboard"), {"since": "1990-01-01"})
     assert len(response.context["stats"]) == 366
+
+
+def test_operators_can_hide_conversations_in_which_the_customer_never_wrote(operator_client):
+    from chat.operators.selectors import ReviewFilters
+
+    silent = conversation_start(session_key="s1")
+    turns_append(conversation_id=silent.id, messages=[{"role": "assistant", "content": "Hello!"}])
+    spoken = conversation_start(session_key="s2")
+    turns_append(conversation_id=spoken.id, messages=[{"role": "user", "content": "hi"}])
+    assert [c.id for c in conversations_for_review(filters=ReviewFilters(wrote=True))] == [spoken.id]
+    assert [c.id for c in conversations_for_review(filters=ReviewFilters(wrote=False))] == [silent.id]
+    page = operator_client.get(reverse("operators:conversations"), {"wrote": "yes"}).content.decode()
+    assert str(spoken.id) in page and str(silent.id) not in page
+
+
+def test_the_dashboard_has_satisfaction_per_day_and_collapses_quiet_days(operator_client):
+    from chat.operators.dashboard import QuietDays, daily_stats, table_rows
+
+    today = timezone.localdate()
+    for rating in ("up", "up", "down"):
+        Feedback.objects.create(conversation=conversation_start(session_key=str(uuid.uuid4())), rating=rating)
+    conversation_start(session_key="unrated")
+    stats = daily_stats(since=today - timedelta(days=9), until=today)
+    assert (stats[-1].rated_up, stats[-1].rated_down, stats[-1].csat_percent) == (2, 1, 67)
+    assert stats[0].csat is None
+    rows = table_rows(stats)
+    assert rows[0] is stats[-1] and rows[1] == QuietDays(today - timedelta(days=9), today - timedelta(days=1))
+    page = operator_client.get(reverse("operators:dashboard")).content.decode()
+    assert "67%" in page and "no conversations (29 days)" in page

@@ -12,20 +12,18 @@ from collections.abc import Iterator
 import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.models import User
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Response, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-from chat.roles import roles_ensure
-from tests.browser_server import (  # noqa: F401 - the *_fixture imports register the fixtures here
+from chat.operators.access import roles_ensure
+from tests.support.browser import (
     ARTIFACTS,
-    CHROMIUM_ARGS,
     STAFF_PASSWORD,
     ChatServer,
-    chat_server_fixture,
-    live_daphne_fixture,
-    require_chromium,
+    chromium,
 )
-from tests.conftest import SEED_MESSAGES
-from tests.test_review import run_conversation
+from tests.support.driver import run_conversation
+from tests.support.page import new_page
+from tests.support.seed import SEED_MESSAGES
 
 pytestmark = pytest.mark.browser
 
@@ -48,33 +46,8 @@ def review_server(chat_server: ChatServer) -> tuple[ChatServer, str]:
 @pytest.fixture
 def browser(review_server) -> Iterator[Browser]:
     """Started after the data is ready: sync Playwright's loop would make Django refuse the ORM."""
-    executable = require_chromium()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+    with chromium() as browser:
         yield browser
-        browser.close()
-
-
-def new_page(browser: Browser, url: str, problems: list[str]) -> tuple[BrowserContext, Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=url)
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.on("console", lambda message: record_console(message, problems))
-    page.on("pageerror", lambda error: problems.append(str(error)))
-    page.on("response", lambda response: record_response(response, problems))
-    return context, page
-
-
-def record_console(message: ConsoleMessage, problems: list[str]) -> None:
-    # A failed load is reported with its URL by record_response; the one it cannot see is the
-    # browser's own /favicon.ico request on the admin login page, which the site does not serve.
-    if message.type == "error" and not message.text.startswith("Failed to load resource"):
-        problems.append(f"console: {message.text}")
-
-
-def record_response(response: Response, problems: list[str]) -> None:
-    if response.status >= 400:
-        problems.append(f"{response.status} {response.url}")
 
 
 def log_in_as_operator(page: Page) -> None:
@@ -118,6 +91,8 @@ def test_operator_reviews_searches_and_watches_live(browser: Browser, review_ser
     # A customer starts a conversation; the operator opens it and watches it grow.
     customer_context, customer = new_page(browser, server.url, problems)
     customer.goto("/")
+    customer.get_by_label("Your message").press("H")  # the customer starts writing: the conversation starts
+    customer.get_by_label("Your message").press("Backspace")
     expect(customer.locator("#chat-log .message--assistant:not(.is-streaming) .bubble")).to_have_count(1)
     expect(customer.locator("#chat")).to_have_attribute("data-turn", "idle")
     conversation_id = customer.locator("#chat").get_attribute("data-conversation-id")
@@ -134,7 +109,7 @@ def test_operator_reviews_searches_and_watches_live(browser: Browser, review_ser
     expect(tool_calls.first).to_contain_text('"****"')
     expect(live.last).to_contain_text(re.compile("verified", re.I))
     # The customer's message arrives as typed; the operator sees it once stored, its key masked.
-    expect(live.filter(has_text="john_doe").first).to_contain_text('API key is: "****"')
+    expect(live.filter(has_text="john_doe").first).to_contain_text('API **** is: "****"')
     expect(page.locator("#timeline .entry--pending")).to_have_count(0)
     assert '"key"' not in page.locator("#timeline").inner_text()
 
@@ -145,4 +120,29 @@ def test_operator_reviews_searches_and_watches_live(browser: Browser, review_ser
 
     customer_context.close()
     operator_context.close()
+    assert problems == []
+
+
+def test_the_operators_pages_fit_a_phone(browser: Browser, review_server) -> None:
+    """At 375 px no operators' page scrolls sideways: wide tables scroll inside their own frame."""
+    server, conversation_id = review_server
+    problems: list[str] = []
+    context, page = new_page(browser, server.url, problems)
+    log_in_as_operator(page)
+    page.set_viewport_size({"width": 375, "height": 740})
+    pages = {
+        "operators-list-phone": "/operators/",
+        "operators-timeline-phone": f"/operators/conversations/{conversation_id}/",
+        "operators-dashboard-phone": "/operators/dashboard/",
+        "operators-evaluations-phone": "/operators/evaluations/",
+    }
+    for name, path in pages.items():
+        page.goto(path)
+        width = page.evaluate("() => document.scrollingElement.scrollWidth")
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        assert width <= 375, f"{path} is {width} px wide"
+        if "dashboard" in path:  # 29 days without a conversation are one line, not 29
+            expect(page.locator("tr.quiet-days")).to_have_count(1)
+            expect(page.locator("tr.quiet-days")).to_contain_text("no conversations (29 days)")
+    context.close()
     assert problems == []

@@ -5,33 +5,19 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
-from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.urls import reverse
 
 from chat.consumers import conversation_group
-from chat.roles import OPERATORS, ROLE_PERMISSIONS, SUPPORT_STAFF, roles_ensure
+from chat.operators.access import OPERATORS, ROLE_PERMISSIONS, SUPPORT_STAFF, roles_ensure
 from chat.services import conversation_start
-from supportsite.asgi import application
+from tests.support.admin import as_user
+from tests.support.sockets import operator_socket, staff_headers, watched_conversation
 from tickets.models import Customer, Ticket
 
 PAGES = ["operators:conversations", "operators:dashboard", "operators:export-jsonl", "operators:export-csv"]
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def as_user(username: str | None) -> Client:
-    client = Client()
-    if username:
-        client.force_login(User.objects.get(username=username))
-    return client
 
 
 def permissions_of(group_name: str) -> set[str]:
@@ -99,6 +85,9 @@ def test_a_customer_cannot_log_in_to_staff_pages(people):
 def ticket_change(ticket: Ticket, **changes) -> dict:
     data = {"public_id": ticket.public_id, "customer": ticket.customer_id, "status": ticket.status,
             "issue": ticket.issue, "description": ticket.description}
+    # The page's two comment inlines (the comments, read-only, and the reply form): their management forms.
+    for prefix in ("comments", "comments-2"):
+        data.update({f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0"})
     return {**data, **changes}
 
 
@@ -155,32 +144,10 @@ def _empty_inlines(customer: Customer) -> dict[str, str]:
 # THE LIVE OPERATOR SOCKET
 
 
-@database_sync_to_async
-def session_cookie(username: str | None) -> list[tuple[bytes, bytes]]:
-    headers = [(b"origin", b"http://127.0.0.1")]
-    if username:
-        session_key = as_user(username).cookies[settings.SESSION_COOKIE_NAME].value
-        headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={session_key}".encode()))
-    return headers
-
-
-@database_sync_to_async
-def watched_conversation() -> uuid.UUID:
-    from django.core.management import call_command
-
-    call_command("seed_demo", password="demo-password-1", stdout=open("/dev/null", "w"))  # noqa: SIM115
-    roles_ensure()
-    return conversation_start(session_key="w" * 32).id
-
-
-def watch(conversation_id: uuid.UUID, headers) -> WebsocketCommunicator:
-    return WebsocketCommunicator(application, f"/ws/operators/conversations/{conversation_id}/", headers=headers)
-
-
 @pytest.mark.django_db(transaction=True)
 async def test_operator_socket_forwards_the_conversations_frames():
     conversation_id = await watched_conversation()
-    communicator = watch(conversation_id, await session_cookie("operator"))
+    communicator = operator_socket(conversation_id, await staff_headers("operator"))
     connected, _ = await communicator.connect(timeout=10)
     assert connected
     frame = {"type": "message", "role": "assistant", "text": "<b>Hello</b>"}
@@ -195,7 +162,7 @@ async def test_operator_socket_forwards_the_conversations_frames():
 @pytest.mark.parametrize("username", [None, "staff", "john_doe"])
 async def test_operator_socket_refuses_everyone_else(username):
     conversation_id = await watched_conversation()
-    communicator = watch(conversation_id, await session_cookie(username))
+    communicator = operator_socket(conversation_id, await staff_headers(username))
     connected, _ = await communicator.connect(timeout=10)
     assert not connected
 
@@ -203,6 +170,6 @@ async def test_operator_socket_refuses_everyone_else(username):
 @pytest.mark.django_db(transaction=True)
 async def test_operator_socket_refuses_an_unknown_conversation():
     await watched_conversation()
-    communicator = watch(uuid.uuid4(), await session_cookie("operator"))
+    communicator = operator_socket(uuid.uuid4(), await staff_headers("operator"))
     connected, _ = await communicator.connect(timeout=10)
     assert not connected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Annotated, Any
 
 import pytest
@@ -10,8 +11,9 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from pydantic import Field, SecretStr
 
-from chat.agent import MASK, ToolCall
+from chat.agent import ToolCall
 from chat.models import Conversation
+from chat.secrets import MASK
 from chat.services import conversation_start
 from chat.toolbox import Tool, Toolbox, ToolContext
 from tickets import tools
@@ -19,12 +21,6 @@ from tickets.models import ApiKey, Ticket, VerificationAttempt
 from tickets.services import apikey_issue, apikey_rotate, customer_authenticate
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    # The demo data sets three staff passwords per test; PBKDF2 would cost most of this file's time.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -148,7 +144,7 @@ def spy_toolbox():
 def test_bad_arguments_give_an_error_the_model_can_read_and_nothing_runs(spy_toolbox, arguments, expected):
     toolbox, spy = spy_toolbox
     outcome = toolbox.run(ToolCall("c1", "lookup", arguments), ToolContext(conversation_id=None))
-    assert outcome.ok is False
+    assert outcome.is_error
     error = json.loads(outcome.content)["error"]
     assert error.startswith("Invalid arguments for lookup: ")
     assert expected in error
@@ -158,13 +154,13 @@ def test_bad_arguments_give_an_error_the_model_can_read_and_nothing_runs(spy_too
 def test_numbers_are_accepted_as_strings(spy_toolbox):
     toolbox, spy = spy_toolbox
     outcome = toolbox.run(ToolCall("c1", "lookup", '{"ticket_id": 12345}'), ToolContext(conversation_id=None))
-    assert outcome.ok and spy.calls == [{"ticket_id": "12345"}]
+    assert not outcome.is_error and spy.calls == [{"ticket_id": "12345"}]
 
 
 def test_an_unknown_tool_names_the_real_ones(spy_toolbox):
     toolbox, spy = spy_toolbox
     outcome = toolbox.run(ToolCall("c1", "delete_everything", "{}"), ToolContext(conversation_id=None))
-    assert outcome.ok is False
+    assert outcome.is_error
     assert json.loads(outcome.content) == {
         "error": "There is no tool named 'delete_everything'. The tools are: lookup."
     }
@@ -177,7 +173,7 @@ def test_an_exception_inside_a_tool_becomes_an_error_without_its_details(caplog)
         raise RuntimeError("database password is hunter2")
 
     outcome = Toolbox([explode]).run(ToolCall("c1", "explode", '{"api_key": "s3cret"}'), ToolContext(None))
-    assert outcome.ok is False
+    assert outcome.is_error
     assert json.loads(outcome.content) == {"error": "explode failed on our side. Apologise and try later."}
     assert "hunter2" not in outcome.content
     assert outcome.secrets == ("s3cret",)  # still masked where the call is stored
@@ -189,7 +185,7 @@ def test_an_exception_inside_a_tool_becomes_an_error_without_its_details(caplog)
 
 def test_the_right_key_verifies_the_conversation(toolbox, context):
     outcome = toolbox.run(ToolCall("c1", "verify_user", '{"username": "john_doe", "api_key": "key"}'), context)
-    assert outcome.ok and json.loads(outcome.content) == {"success": True}
+    assert not outcome.is_error and json.loads(outcome.content) == {"success": True}
     assert outcome.secrets == ("key",)
     john = User.objects.get(username="john_doe")
     assert customer_of(context) == john.id
@@ -207,7 +203,7 @@ def test_a_wrong_key_or_unknown_username_does_not_verify(toolbox, context, usern
 def test_unknown_username_and_wrong_key_answer_identically(toolbox, context):
     unknown = toolbox.run(ToolCall("c1", "verify_user", '{"username": "nobody", "api_key": "key"}'), context)
     wrong = toolbox.run(ToolCall("c1", "verify_user", '{"username": "john_doe", "api_key": "nope"}'), context)
-    assert (unknown.content, unknown.ok, unknown.result) == (wrong.content, wrong.ok, wrong.result)
+    assert (unknown.content, unknown.is_error, unknown.result) == (wrong.content, wrong.is_error, wrong.result)
 
 
 def test_staff_cannot_verify_as_customers(toolbox, context):
@@ -256,8 +252,8 @@ def test_verification_locks_after_too_many_failures(toolbox, context, settings):
     locked = verify(toolbox, context, "john_doe", "key")
     assert locked == {"success": False, "error": tools.LOCKED}
     assert customer_of(context) is None
-    # In another conversation, the username is still locked …
-    other = ToolContext(conversation_start(session_key="o" * 32).id)
+    # In another conversation from the same address, the username is still locked …
+    other = ToolContext(conversation_start(session_key="o" * 32).id, None, context.client_address)
     assert verify(toolbox, other, "john_doe", "key") == {"success": False, "error": tools.LOCKED}
     # … and a locked unknown username answers exactly the same.
     for _ in range(3):
@@ -354,7 +350,7 @@ def test_a_ticket_lookup_runs_through_the_toolbox_as_one_query(toolbox, context,
     verify(toolbox, context)
     with django_assert_num_queries(1):
         outcome = toolbox.run(ToolCall("c", "get_ticket_status", '{"ticket_id": "12345"}'), context)
-    assert outcome.ok and outcome.result["status"] == "Open"
+    assert not outcome.is_error and outcome.result["status"] == "Open"
 
 
 @pytest.mark.parametrize(
@@ -367,7 +363,18 @@ def test_a_ticket_lookup_runs_through_the_toolbox_as_one_query(toolbox, context,
 )
 def test_a_secret_in_a_call_that_fails_validation_is_still_masked(toolbox, context, arguments):
     outcome = toolbox.run(ToolCall("c1", "verify_user", json.dumps(arguments)), context)
-    assert outcome.ok is False and "Invalid arguments for verify_user" in outcome.content
+    assert outcome.is_error and "Invalid arguments for verify_user" in outcome.content
     assert outcome.secrets == ("key",)
     assert "key" not in json.loads(outcome.content)["error"].replace("api_key", "")  # never echoed
     assert not VerificationAttempt.objects.exists()  # the tool did not run
+
+
+def test_secrets_given_in_broken_or_made_up_calls_are_still_found():
+    from chat.toolbox import secrets_in_arguments
+
+    assert secrets_in_arguments('{"username": "john_doe", "api_key": "sk_live_1', {"api_key"}) == ("sk_live_1",)
+    assert secrets_in_arguments('{"api_key": "a\\"b", "x": 1}', {"api_key"}) == ('a"b',)
+    assert secrets_in_arguments("not json at all", {"api_key"}) == ()
+    toolbox = Toolbox([tools.verify_user])
+    outcome = toolbox.run(ToolCall("c1", "verifyUser", '{"api_key": "sk_live_2"}'), ToolContext(uuid.uuid4()))
+    assert outcome.is_error and outcome.secrets == ("sk_live_2",), "a made-up tool's secret-named argument"

@@ -89,7 +89,7 @@ def test_our_pages_carry_no_inline_script_or_handlers(pages):
 
 
 def test_the_chat_page_sets_an_http_only_session_cookie(client, db):
-    response = client.get(reverse("chat"))
+    response = client.post(reverse("chat"))  # the page's POST right before its socket makes the session
     cookie = response.cookies["sessionid"]
     assert cookie["httponly"] is True
     assert cookie["samesite"] == "Lax"
@@ -97,5 +97,5 @@ def test_the_chat_page_sets_an_http_only_session_cookie(client, db):
 
 def test_a_made_up_session_cookie_is_replaced(client, db):
     client.cookies["sessionid"] = "made-up-session-key-that-the-database-does-not-hold"
-    response = client.get(reverse("chat"))
+    response = client.post(reverse("chat"))
     assert response.cookies["sessionid"].value not in ("", "made-up-session-key-that-the-database-does-not-hold")

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.contrib.auth.models import User, UserManager
 from django.core.validators import RegexValidator
 from django.db import models
+from django.db.models import Q
 
 
 class CustomerManager(UserManager):
@@ -55,7 +56,9 @@ class Ticket(models.Model):
     status = models.CharField(max_length=32, choices=Status.choices, default=Status.OPEN, db_index=True)
     issue = models.CharField(max_length=120, help_text="The issue in a few words.")
     description = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # The chat conversation the customer opened it from (create_ticket), if any.
+    conversation_id = models.UUIDField(null=True, blank=True, editable=False, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -63,6 +66,36 @@ class Ticket(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.public_id} {self.issue}"
+
+
+class TicketComment(models.Model):
+    """A message on a ticket: the customer's words (through the chat) or staff's, public or an internal note.
+
+    Customers are only ever shown public staff replies (``get_ticket_status``); internal notes stay in admin.
+    """
+
+    class Author(models.TextChoices):
+        CUSTOMER = "customer"
+        STAFF = "staff"
+
+    ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="comments")
+    author = models.CharField(max_length=16, choices=Author.choices)
+    # The staff member who wrote it (None for the customer's comments, or a deleted account).
+    staff_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    public = models.BooleanField(default=True, help_text="Shown to the customer; unticked: an internal note.")
+    text = models.TextField(max_length=4000)
+    # The chat conversation a customer's comment came from.
+    conversation_id = models.UUIDField(null=True, blank=True, editable=False, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        kind = "note" if not self.public else "reply" if self.author == self.Author.STAFF else "comment"
+        return f"{self.get_author_display()} {kind} on #{self.ticket.public_id}"
 
 
 class VerificationAttempt(models.Model):
@@ -79,3 +112,35 @@ class VerificationAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username} {'ok' if self.succeeded else 'failed'} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class Verification(models.Model):
+    """A conversation verified as a customer by one of their keys.
+
+    Ticket lookups hold only while the customer is active, that key is not revoked and the verification
+    is younger than ``VERIFY_TTL_SECONDS``: rotating a customer's keys or deactivating them ends every
+    conversation's access at once, whatever the conversation or the model believes.
+    """
+
+    conversation_id = models.UUIDField(db_index=True)
+    customer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="verifications")
+    # Null for a customer signed in by the company's website (chat.identity): no key was given, and
+    # ``signer`` names the shared secret whose signature vouched for them (rotating it ends the access).
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.CASCADE, related_name="verifications", null=True, blank=True
+    )
+    signer = models.CharField(max_length=16, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # Exactly one ground: a key, or a website signature.
+            models.CheckConstraint(
+                condition=(Q(api_key__isnull=False) & Q(signer="")) | (Q(api_key__isnull=True) & ~Q(signer="")),
+                name="verification_key_or_signature",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.conversation_id} as {self.customer_id} at {self.created_at:%Y-%m-%d %H:%M}"

@@ -12,10 +12,11 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, Q
 from django.utils import timezone
 
-from tickets.models import ApiKey, VerificationAttempt
+from tickets.models import ApiKey, Ticket, TicketComment, Verification, VerificationAttempt
+from tickets.selectors import ticket_get_for_customer, tickets_created_since, verifications_holding
 
 KEY_PREFIX = "sk_"
 # Compared against when the username has no key, so an unknown name costs the same work as a wrong key.
@@ -76,7 +77,13 @@ def apikey_rotate(*, customer: User) -> tuple[ApiKey, str]:
 
 
 def customer_authenticate(*, username: str, raw_key: str) -> User | None:
-    """The active customer whose username and API key these are, or None. Constant-time compare."""
+    """The active customer whose username and API key these are, or None."""
+    key = apikey_authenticate(username=username, raw_key=raw_key)
+    return key.customer if key is not None else None
+
+
+def apikey_authenticate(*, username: str, raw_key: str) -> ApiKey | None:
+    """The active key of the active customer these are (with its customer), or None. Constant-time compare."""
     digest = apikey_digest(raw_key)
     candidates = list(
         ApiKey.objects.filter(
@@ -94,19 +101,45 @@ def customer_authenticate(*, username: str, raw_key: str) -> User | None:
     if match is None:
         return None
     ApiKey.objects.filter(id=match[0]).update(last_used_at=timezone.now())
-    return User.objects.get(id=match[1])
+    return ApiKey.objects.select_related("customer").get(id=match[0])
+
+
+def apikey_known(raw_value: str) -> bool:
+    """Whether the value is any customer's key, active or revoked (one indexed query)."""
+    return ApiKey.objects.filter(digest=apikey_digest(raw_value)).exists()
+
+
+def verification_record(*, conversation_id: object, key: ApiKey) -> None:
+    """The conversation is verified as the key's customer, for as long as the key and customer hold."""
+    Verification.objects.create(conversation_id=conversation_id, customer_id=key.customer_id, api_key=key)
+
+
+def verification_record_signed(*, conversation_id: object, customer_id: int, signer: str) -> None:
+    """The conversation is verified as the customer the website signed in, for as long as the customer is
+    active and ``signer`` (the signing secret's fingerprint) is current."""
+    Verification.objects.create(conversation_id=conversation_id, customer_id=customer_id, signer=signer)
 
 
 def verification_locked(*, username: str, conversation_id: object, client_address: str | None) -> bool:
-    """Whether recent failures for this username, conversation or address pause verification."""
+    """Whether recent failures pause verification: for this username from this address, in this
+    conversation, or from this address at all. Failures from elsewhere never lock a customer out."""
     since = timezone.now() - timedelta(seconds=settings.VERIFY_LOCKOUT_SECONDS)
     failures = VerificationAttempt.objects.filter(succeeded=False, created_at__gte=since)
+    from_here = Q(client_address=client_address) if client_address else Q(client_address__isnull=True)
     limit = settings.VERIFY_MAX_FAILURES
-    if failures.filter(Q(username=username) | Q(conversation_id=conversation_id)).count() >= limit:
+    if failures.filter((Q(username=username) & from_here) | Q(conversation_id=conversation_id)).count() >= limit:
         return True
     if client_address:
         return failures.filter(client_address=client_address).count() >= settings.VERIFY_MAX_FAILURES_PER_ADDRESS
     return False
+
+
+@transaction.atomic
+def verification_lockout_clear(*, username: str, client_address: str | None) -> int:
+    """Forget the failed attempts of ``username`` from ``client_address``; the number deleted."""
+    from_there = Q(client_address=client_address) if client_address else Q(client_address__isnull=True)
+    deleted, _ = VerificationAttempt.objects.filter(from_there, username=username, succeeded=False).delete()
+    return deleted
 
 
 def verification_attempt_record(
@@ -115,3 +148,65 @@ def verification_attempt_record(
     VerificationAttempt.objects.create(
         username=username, conversation_id=conversation_id, client_address=client_address, succeeded=succeeded
     )
+
+
+# TICKETS AND COMMENTS WRITTEN THROUGH THE CHAT
+
+
+class TicketLimitReached(Exception):
+    """The customer opened ``TICKETS_CREATED_PER_DAY`` tickets through the chat in the last 24 hours."""
+
+
+def ticket_public_id_new() -> str:
+    """A fresh 6-digit ticket id: random, so ids say nothing about how many tickets there are."""
+    while True:
+        candidate = str(100000 + secrets.randbelow(900000))
+        if not Ticket.objects.filter(public_id=candidate).exists():
+            return candidate
+
+
+@transaction.atomic
+def ticket_create_for_customer(
+    *, customer_id: int, conversation_id: object, issue: str, description: str
+) -> Ticket | None:
+    """A new Open ticket of the customer, linked to the conversation; None unless the conversation's
+    verification as them holds. The customer's row is locked, so two conversations at once cannot both
+    pass the daily limit (``TicketLimitReached``)."""
+    holding = verifications_holding(conversation_id=conversation_id).filter(customer_id=customer_id)
+    if not User.objects.select_for_update().filter(Exists(holding), pk=customer_id).exists():
+        return None
+    since = timezone.now() - timedelta(days=1)
+    if tickets_created_since(customer_id=customer_id, since=since) >= settings.TICKETS_CREATED_PER_DAY:
+        raise TicketLimitReached
+    return Ticket.objects.create(
+        public_id=ticket_public_id_new(),
+        customer_id=customer_id,
+        issue=issue,
+        description=description,
+        conversation_id=conversation_id,
+    )
+
+
+@transaction.atomic
+def ticket_comment_add_for_customer(
+    *, public_id: str, customer_id: int, conversation_id: object, text: str
+) -> TicketComment | None:
+    """The customer's public comment on their own ticket; None when the ticket is not theirs (or does not
+    exist) or the verification no longer holds: the caller tells those apart by ``ticket_get_for_customer``."""
+    ticket = ticket_get_for_customer(public_id=public_id, customer_id=customer_id, conversation_id=conversation_id)
+    if ticket is None or not ticket.holds:
+        return None
+    comment = TicketComment.objects.create(
+        ticket=ticket, author=TicketComment.Author.CUSTOMER, text=text, conversation_id=conversation_id
+    )
+    Ticket.objects.filter(pk=ticket.pk).update(updated_at=timezone.now())
+    return comment
+
+
+def ticket_staff_reply(*, ticket: Ticket, staff_user: User, text: str, public: bool = True) -> TicketComment:
+    """Staff's answer on the ticket (``public``) or an internal note."""
+    comment = TicketComment.objects.create(
+        ticket=ticket, author=TicketComment.Author.STAFF, staff_user=staff_user, text=text, public=public
+    )
+    Ticket.objects.filter(pk=ticket.pk).update(updated_at=timezone.now())
+    return comment

@@ -52,6 +52,11 @@
       text.textContent = frame.text;
       return;
     }
+    if (frame.role === "staff") {
+      var reply = entry("staff", String(frame.name || "Staff") + " (Support)");
+      reply.appendChild(el("p", "text", frame.text));
+      return;
+    }
     if (frame.role === "assistant" && streaming) {
       streaming.querySelector(".text").textContent = frame.text;
       streaming = null;
@@ -105,7 +110,13 @@
     item.appendChild(el("p", "text", frame.message));
   }
 
-  var handlers = { message: message, delta: delta, tool: tool, error: error };
+  function handoff(frame) {
+    var item = entry("handoff", "Handoff");
+    item.querySelector(".entry-head").appendChild(el("span", "tag", frame.state));
+    item.appendChild(el("p", "text", frame.message));
+  }
+
+  var handlers = { message: message, delta: delta, tool: tool, error: error, handoff: handoff };
   var retry = 1000;
 
   function connect() {
@@ -120,6 +131,8 @@
       var frame;
       try { frame = JSON.parse(event.data); } catch (problem) { return; }
       if (frame && handlers[frame.type]) handlers[frame.type](frame);
+      // Other scripts of the page (the inbox's composer) follow the same frames.
+      if (frame) timeline.dispatchEvent(new CustomEvent("live:frame", { detail: frame }));
     });
     socket.addEventListener("close", function (event) {
       timeline.dataset.live = "closed";

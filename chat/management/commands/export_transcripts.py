@@ -11,8 +11,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from chat import exports
-from chat.review import ReviewFilters, conversations_for_review, conversations_matching
+from chat.operators import exports
+from chat.operators.selectors import ReviewFilters, conversations_for_review, conversations_matching
 
 
 def _day(text: str) -> date:

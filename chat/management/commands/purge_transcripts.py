@@ -1,18 +1,21 @@
 """``python manage.py purge_transcripts [--older-than DAYS]``: delete conversations idle that long.
 
 Without ``--older-than`` the ``TRANSCRIPT_RETENTION_DAYS`` setting decides; with neither, nothing is
-deleted. Run it daily (cron, a systemd timer) to keep transcripts no longer than promised.
+deleted. Run it daily (cron, a systemd timer) to keep transcripts no longer than promised. It also
+clears expired browser sessions and the flood limits' finished counters (as ``clearsessions`` would).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from importlib import import_module
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from chat.limits import counters_purge
 from chat.models import Conversation
 from chat.retention import conversations_purge
 
@@ -38,3 +41,5 @@ class Command(BaseCommand):
             return
         count = conversations_purge(updated_before=cutoff)
         self.stdout.write(f"Deleted {count} conversation(s) {before}.")
+        import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()
+        self.stdout.write(f"Cleared expired sessions and {counters_purge()} finished flood counter(s).")

@@ -8,7 +8,7 @@ from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
-from chat.roles import roles_ensure
+from chat.operators.access import roles_ensure
 from tickets.models import ApiKey, Ticket
 from tickets.services import apikey_digest, apikey_issue
 

@@ -1,0 +1,110 @@
+"""One turn at a time per conversation.
+
+Inside a process an ``asyncio.Lock`` per conversation queues turns in arrival order. When several server
+processes may serve one conversation (two tabs behind a balancer), the turn also holds a lease in Redis
+(``CHAT_TURN_LEASE_URL``, by default ``REDIS_URL``): a key that only its holder may delete, renewed while
+the turn runs and expiring on its own if the process dies. Across processes the lease gives exclusion,
+not strict arrival order: waiters in different processes poll for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio
+import redis.asyncio.lock
+import redis.exceptions
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+LEASE_SECONDS = 15  # how long a dead process's turn can block its conversation
+LEASE_POLL_SECONDS = 0.05
+
+_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
+_lease_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _lease_client() -> redis.asyncio.Redis | None:
+    """One Redis client (and connection pool) per event loop, shared by every turn; None without Redis."""
+    url = settings.CHAT_TURN_LEASE_URL
+    if not url:
+        return None
+    loop = asyncio.get_running_loop()
+    client = _lease_clients.get(loop)
+    if client is None:
+        client = _lease_clients[loop] = redis.asyncio.Redis.from_url(url)
+    return client
+
+
+def _lease_name(conversation_id: uuid.UUID) -> str:
+    return f"chat:turn-lease:{conversation_id.hex}"
+
+
+async def conversation_busy(conversation_id: uuid.UUID) -> bool:
+    """Whether a turn of the conversation is running, in this process or (with Redis) any other."""
+    lock = _locks.get(conversation_id)
+    if lock is not None and lock.locked():
+        return True
+    client = _lease_client()
+    return client is not None and bool(await client.exists(_lease_name(conversation_id)))
+
+
+async def conversation_wait_free(conversation_id: uuid.UUID) -> None:
+    """Return once no turn of the conversation runs anywhere; takes neither the lock nor a lease."""
+    while await conversation_busy(conversation_id):
+        lock = _locks.get(conversation_id)
+        if lock is not None and lock.locked():
+            async with lock:  # queued behind the running turn: woken when it ends, in order
+                pass
+        else:
+            await asyncio.sleep(LEASE_POLL_SECONDS)  # another process holds the lease: nothing to wait on
+
+
+@asynccontextmanager
+async def conversation_lock(conversation_id: uuid.UUID) -> AsyncIterator[None]:
+    """One turn at a time per conversation: in arrival order in this process, exclusive across processes."""
+    lock = _locks.get(conversation_id)
+    if lock is None:
+        lock = _locks[conversation_id] = asyncio.Lock()
+    async with lock:
+        client = _lease_client()
+        if client is None:
+            yield
+            return
+        async with _redis_lease(client, conversation_id):
+            yield
+
+
+@asynccontextmanager
+async def _redis_lease(client: redis.asyncio.Redis, conversation_id: uuid.UUID) -> AsyncIterator[None]:
+    lease = client.lock(
+        _lease_name(conversation_id), timeout=LEASE_SECONDS, sleep=LEASE_POLL_SECONDS, thread_local=False
+    )
+    await lease.acquire()
+    renewal = asyncio.create_task(_renew(lease, conversation_id))
+    try:
+        yield
+    finally:
+        renewal.cancel()
+        try:
+            await lease.release()
+        except redis.exceptions.LockError:
+            logger.warning("the turn lease of conversation %s had expired", conversation_id)
+
+
+async def _renew(lease: redis.asyncio.lock.Lock, conversation_id: uuid.UUID) -> None:
+    while True:
+        await asyncio.sleep(LEASE_SECONDS / 3)
+        try:
+            await lease.reacquire()
+        except redis.exceptions.LockError:
+            logger.warning("lost the turn lease of conversation %s", conversation_id)
+            return

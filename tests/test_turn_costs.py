@@ -1,0 +1,126 @@
+"""What a turn costs stays flat as its conversation grows: database queries per step (counted, not timed)
+and bytes sent to the model per call."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from chat import llm, services
+from chat.agent import ModelReply
+from chat.models import Turn, WaitingMessage
+from chat.runtime import turn_start
+from chat.toolbox import get_toolbox
+from tests.support.driver import Chat
+from tests.support.models import ScriptedModel
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def conversation_with(messages: int) -> uuid.UUID:
+    """A conversation of ``messages`` customer messages, each answered."""
+    conversation = services.conversation_start(session_key=uuid.uuid4().hex, client_address="198.51.100.7")
+    rows = []
+    for number in range(messages):
+        rows += [
+            {"role": "user", "content": f"Question number {number:04d}: what is the status of my ticket?"},
+            {"role": "assistant", "content": f"Answer number {number:04d}: please give me your ticket ID."},
+        ]
+    services.turns_append(conversation_id=conversation.id, messages=rows)
+    return conversation.id
+
+
+def queries(action: Any) -> int:
+    with CaptureQueriesContext(connection) as captured:
+        action()
+    return len(captured.captured_queries)
+
+
+def test_starting_a_turn_costs_the_same_queries_at_message_1_10_and_100(settings):
+    settings.CHAT_MAX_CUSTOMER_MESSAGES = 200
+    counts = {}
+    for size in (1, 10, 100):
+        conversation_id = conversation_with(size)
+        counts[size] = queries(lambda conversation_id=conversation_id: turn_start(conversation_id, "One more thing."))
+        assert Turn.objects.filter(conversation_id=conversation_id, role="user").count() == size + 1
+    assert counts[1] == counts[10] == counts[100], counts
+    assert counts[1] <= 10, counts
+
+
+def test_storing_a_model_step_costs_the_same_queries_at_message_1_10_and_100():
+    counts = {}
+    step = [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_ticket_status", "arguments": "{}"}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{}"},
+    ]
+    for size in (1, 10, 100):
+        conversation_id = conversation_with(size)
+        counts[size] = queries(
+            lambda cid=conversation_id: services.turns_append(conversation_id=cid, messages=step)
+        )
+    assert counts[1] == counts[10] == counts[100], counts
+    assert counts[1] <= 6, counts
+
+
+def test_a_waiting_message_is_taken_once_in_arrival_order():
+    conversation_id = conversation_with(1)
+    for text in ("first", "second"):
+        services.customer_message_wait(conversation_id=conversation_id, text=text)
+    assert turn_start(conversation_id).customer_text == "first"
+    assert turn_start(conversation_id, "third").customer_text == "second"
+    assert turn_start(conversation_id).customer_text == "third"
+    assert turn_start(conversation_id).customer_text is None
+    assert not WaitingMessage.objects.exists()
+    users = Turn.objects.filter(conversation_id=conversation_id, role="user").order_by("seq")
+    assert [turn.content for turn in users][-3:] == ["first", "second", "third"]
+
+
+class ByteCountingModel(ScriptedModel):
+    """Records the size of the request body the ``openai`` backend would send for each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.request_bytes: list[int] = []
+
+    async def complete(self, messages, tools, on_delta) -> ModelReply:
+        self.request_bytes.append(len(llm.request_body("m", messages, tools, stream=True)))
+        return await super().complete(messages, tools, on_delta)
+
+
+async def test_bytes_sent_to_the_model_per_call_stay_flat_as_the_conversation_grows(settings):
+    settings.CHAT_HISTORY_TOKEN_BUDGET = 1000
+    settings.CHAT_MAX_CUSTOMER_MESSAGES = 200
+    with llm.chat_model_override(ByteCountingModel()) as model:
+        chat = await Chat.start()
+        for number in range(100):
+            await chat.respond(f"Question number {number:04d}: what is the status of my ticket?")
+    assert len(model.request_bytes) == 100
+    settled = model.request_bytes[50:]  # once the history fills the budget, each request is the same size
+    assert max(settled) == min(settled), (min(settled), max(settled))
+    schemas = len(json.dumps(get_toolbox().schemas))
+    assert max(model.request_bytes) <= 4 * 1000 + schemas + 2000  # the budget (chars / 4), the schemas, JSON framing
+    stored = await database_sync_to_async(Turn.objects.filter(conversation_id=chat.id, role="user").count)()
+    assert stored == 100  # trimmed for the model, never in the database
+
+
+def test_the_request_body_is_what_create_would_send():
+    messages = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Héllo \u2028"}]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    import json
+
+    body = json.loads(llm.request_body("gpt-x", messages, tools, stream=True))
+    assert body == {
+        "model": "gpt-x", "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
+        "tools": tools, "messages": messages,
+    }
+    assert json.loads(llm.request_body("gpt-x", messages, [], stream=False)) == {
+        "model": "gpt-x", "temperature": 0, "messages": messages,
+    }
