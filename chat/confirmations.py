@@ -28,6 +28,7 @@ from django.utils import timezone
 from chat import protocol
 from chat.agent import ConfirmDecision, ConfirmRequest, Emit
 from chat.models import Confirmation
+from chat.sockets import layer_receive_within
 
 logger = logging.getLogger(__name__)
 
@@ -154,13 +155,10 @@ class ChannelConfirmer:
             if remaining <= 0:
                 return await database_sync_to_async(confirmation_expire)(confirm_id=confirm_id)
             wait = min(remaining, RECHECK_SECONDS)
-            try:
-                if channel is None:
-                    await asyncio.sleep(wait)
-                else:
-                    await asyncio.wait_for(layer.receive(channel), timeout=wait)
-            except TimeoutError:
-                pass
+            if channel is None:
+                await asyncio.sleep(wait)
+            else:
+                await layer_receive_within(layer, channel, wait)
 
 
 async def confirmation_wake(conversation_id: uuid.UUID) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.sessions.backends.base import SessionBase
 
 from chat import fanout, handoff, identity, limits, modelstatus, protocol, services
@@ -22,6 +21,7 @@ from chat.confirmations import (
 from chat.frames import ConfirmFrame, HumanFrame, parse_client_frame
 from chat.protocol import CustomerError
 from chat.runtime import Attached, conversation_attach, conversation_respond
+from chat.sockets import Socket
 from chat.turnlock import conversation_busy, conversation_wait_free
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def _turn_name(conversation_id: uuid.UUID) -> str:
     return f"turn:{conversation_id.hex}"
 
 
-class ChatConsumer(AsyncJsonWebsocketConsumer):
+class ChatConsumer(Socket):
     """One customer's socket. Over a flood limit the socket is accepted, told why in an ``error`` frame
     (``"refused": true``) and closed with ``limits.CLOSE_CODE``, so the page can show the reason; a
     refused message gets the frame, then ``idle`` when no turn is running, and never reaches the model."""

@@ -76,6 +76,16 @@ def demo_data(db):
     seed_demo("demo-password-1")
 
 
+@pytest.fixture(autouse=True)
+def _channel_layer_of_the_tests_own():
+    """Every test builds its channel layer afresh: the Redis layer keeps receive state (locks, buffers,
+    pools) per event loop, and each test runs on a loop of its own. A layer carried over from an earlier
+    test's loop once left a refused consumer's receive uncancellable, hanging the loop's close."""
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
 @pytest.fixture
 async def no_turn_left_running():
     """For socket tests: a channel layer of the test's own event loop (the Redis layer must not outlive

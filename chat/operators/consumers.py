@@ -18,7 +18,6 @@ import uuid
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth import get_user_model
 
 from chat.consumers import conversation_group
@@ -26,6 +25,7 @@ from chat.models import Turn
 from chat.operators.access import may_review
 from chat.operators.revocation import staff_user_group
 from chat.operators.selectors import conversation_exists
+from chat.sockets import Socket
 
 # Seconds a check of the right is trusted before a relayed frame pays for another (one worker-thread hop,
 # a couple of queries): the signals close a revoked socket at once; this bounds what they miss.
@@ -53,7 +53,7 @@ def last_customer_seq(conversation_id: uuid.UUID) -> int:
     return turn.seq if turn else 0
 
 
-class StaffSocket(AsyncJsonWebsocketConsumer):
+class StaffSocket(Socket):
     """A staff member's listening socket whose right is checked at the handshake and again whenever it may
     have changed: a ``rights.changed`` event on the user's group, and before relaying once the last check
     is older than ``RECHECK_SECONDS``. Subclasses say which right (``may_still_watch``)."""
