@@ -4,6 +4,7 @@ model over the network: only loopback servers that a test starts itself may be c
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from collections.abc import Iterator
 
@@ -13,6 +14,7 @@ from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.conf import settings as django_settings
 
 from chat import consumers, llm, toolbox
+from chat.sockets import tasks_stop
 from tests.support.browser import chat_server_fixture, live_daphne_fixture  # noqa: F401 - fixtures
 from tests.support.models import ScriptedModel
 from tests.support.seed import seed_demo
@@ -84,6 +86,36 @@ def _channel_layer_of_the_tests_own():
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
+
+
+def _awaiting(task: asyncio.Task) -> str:
+    """Where a task waits: its chain of awaited coroutines, innermost last."""
+    where, coro = [], task.get_coro()
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        where.append(f"{coro.cr_frame.f_code.co_filename}:{coro.cr_frame.f_lineno} {coro.cr_code.co_name}")
+        coro = coro.cr_await
+    return "\n    ".join(where)
+
+
+@pytest.fixture
+async def _leftover_tasks_stopped():
+    """What an async test leaves running (sockets it never closed) is stopped before its loop closes, by
+    cancelling until it ends (``chat.sockets.tasks_stop``): a lost cancellation fails this test, with
+    where the task waits, instead of hanging the loop's close and the whole run."""
+    yield
+    left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    try:
+        async with asyncio.timeout(15):
+            await tasks_stop(left)
+    except TimeoutError:
+        stuck = "\n".join(f"{task!r}\n    {_awaiting(task)}" for task in left if not task.done())
+        pytest.fail(f"tasks that would not stop:\n{stuck}")
+
+
+@pytest.fixture(autouse=True)
+def _no_task_outlives_its_test(request):
+    if inspect.iscoroutinefunction(request.function):
+        request.getfixturevalue("_leftover_tasks_stopped")
 
 
 @pytest.fixture
