@@ -74,8 +74,9 @@ async def test_a_socket_whose_handler_crashes_gives_its_lease_back(monkeypatch, 
     communicator = await attached(None, address=address)
     monkeypatch.setattr("chat.consumers.parse_client_frame", crash)
     await communicator.send_to(text_data='{"type": "message", "text": "hi"}')
+    await asyncio.wait([communicator.future], timeout=TIMEOUT)  # the consumer ends at once, crashed
     with pytest.raises(RuntimeError):
-        await communicator.receive_output(timeout=TIMEOUT)
+        communicator.future.result()
     monkeypatch.undo()
     await (await attached(None, address=address)).disconnect()  # the crashed socket counts no more
 
