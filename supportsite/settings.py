@@ -231,6 +231,9 @@ LOGGING = {
     "loggers": {
         "chat": {"handlers": ["console"], "level": env("CHAT_LOG_LEVEL", "INFO")},
         "tickets": {"handlers": ["console"], "level": env("CHAT_LOG_LEVEL", "INFO")},
+        # The openai client's HTTP library logs a line per model request at INFO; the chat logs what matters.
+        "httpx": {"level": env("HTTPX_LOG_LEVEL", "WARNING")},
+        "httpx2": {"level": env("HTTPX_LOG_LEVEL", "WARNING")},
     },
 }
 

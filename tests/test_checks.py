@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import subprocess
 import sys
 
@@ -45,3 +46,10 @@ def test_django_setup_imports_neither_openai_nor_redis():
     code = "import sys, django; django.setup(); print(sorted(m for m in ('openai', 'redis') if m in sys.modules))"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+def test_the_model_clients_http_library_does_not_log_every_request():
+    """One INFO line per model call (``HTTP Request: POST …``) drowned daphne's log; warnings still show."""
+    for name in ("httpx", "httpx2"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+        assert logging.getLogger(name).isEnabledFor(logging.WARNING), name
