@@ -257,13 +257,9 @@ def test_reconnects_and_sends_what_was_typed_offline(
 @pytest.fixture
 def staff_password(chat_server: ChatServer) -> str:
     """Give ``staff`` a password the server's own (PBKDF2) hasher accepts, before the browser starts."""
-    from django.contrib.auth.hashers import PBKDF2PasswordHasher
-    from django.contrib.auth.models import User
+    from tests.support.browser import STAFF_PASSWORD, server_logins
 
-    from tests.support.browser import STAFF_PASSWORD
-
-    hasher = PBKDF2PasswordHasher()
-    User.objects.filter(username="staff").update(password=hasher.encode(STAFF_PASSWORD, hasher.salt()))
+    server_logins("staff")
     return STAFF_PASSWORD
 
 

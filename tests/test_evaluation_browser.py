@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.hashers import PBKDF2PasswordHasher
-from django.contrib.auth.models import User
 from django.core.management import call_command
 from playwright.sync_api import Browser, expect
 
@@ -20,6 +18,7 @@ from tests.support.browser import (
     STAFF_PASSWORD,
     ChatServer,
     chromium,
+    server_logins,
 )
 
 pytestmark = pytest.mark.browser
@@ -52,11 +51,7 @@ def log_in(page, username: str) -> None:
 def two_stored_runs(chat_server: ChatServer, tmp_path: Path) -> ChatServer:
     """The server, an operator and a staff member (no review permission) who can log in, two runs."""
     roles_ensure()
-    hasher = PBKDF2PasswordHasher()
-    for username in ("operator", "staff"):
-        user = User.objects.get(username=username)
-        user.password = hasher.encode(STAFF_PASSWORD, hasher.salt())
-        user.save(update_fields=["password"])
+    server_logins("operator", "staff")
     call_command("evaluate", "--only", "seed-flow", "--only", "hello-only", stdout=io.StringIO(), stderr=io.StringIO())
     suite = tmp_path / "failing.yaml"
     suite.write_text(FAILING_SUITE, encoding="utf-8")

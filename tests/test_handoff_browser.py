@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.models import User
 from django.db import connection
 from playwright.sync_api import Browser, Page, expect
@@ -20,6 +19,7 @@ from tests.support.browser import (
     STAFF_PASSWORD,
     ChatServer,
     chromium,
+    server_logins,
 )
 from tests.support.page import new_page, open_chat
 from tests.support.seed import SEED_MESSAGES
@@ -34,14 +34,8 @@ expect.set_options(timeout=TIMEOUT_MS)
 def support_server(chat_server: ChatServer) -> ChatServer:
     """The server with the roles, "staff" (first name Alice) and "operator" able to log in there."""
     roles_ensure()
-    staff = User.objects.get(username="staff")
-    hasher = PBKDF2PasswordHasher()  # the server knows only the default hashers
-    staff.password = hasher.encode(STAFF_PASSWORD, hasher.salt())
-    staff.first_name = "Alice"
-    staff.save(update_fields=["password", "first_name"])
-    operator = User.objects.get(username="operator")
-    operator.password = hasher.encode(STAFF_PASSWORD, hasher.salt())
-    operator.save(update_fields=["password"])
+    User.objects.filter(username="staff").update(first_name="Alice")
+    server_logins("staff", "operator")
     return chat_server
 
 

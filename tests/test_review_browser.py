@@ -10,8 +10,6 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from django.contrib.auth.hashers import PBKDF2PasswordHasher
-from django.contrib.auth.models import User
 from playwright.sync_api import Browser, Page, expect
 
 from chat.operators.access import roles_ensure
@@ -20,6 +18,7 @@ from tests.support.browser import (
     STAFF_PASSWORD,
     ChatServer,
     chromium,
+    server_logins,
 )
 from tests.support.driver import run_conversation
 from tests.support.page import new_page
@@ -35,11 +34,7 @@ expect.set_options(timeout=TIMEOUT_MS)
 def review_server(chat_server: ChatServer) -> tuple[ChatServer, str]:
     """The server with the roles, an operator who can log in there, and one finished seed conversation."""
     roles_ensure()  # the flush between transactional tests empties the groups the migration filled
-    operator = User.objects.get(username="operator")
-    # The test process hashes with MD5 for speed; the server knows only the default hashers.
-    hasher = PBKDF2PasswordHasher()
-    operator.password = hasher.encode(STAFF_PASSWORD, hasher.salt())
-    operator.save(update_fields=["password"])
+    server_logins("operator")
     return chat_server, str(run_conversation())
 
 

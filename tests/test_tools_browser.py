@@ -9,8 +9,6 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from django.contrib.auth.hashers import PBKDF2PasswordHasher
-from django.contrib.auth.models import User
 from playwright.sync_api import Browser, Page, expect
 
 from chat.operators.access import roles_ensure
@@ -19,6 +17,7 @@ from tests.support.browser import (
     STAFF_PASSWORD,
     ChatServer,
     chromium,
+    server_logins,
 )
 from tests.support.page import agent_messages, open_chat, say, status_lines
 
@@ -33,10 +32,7 @@ def desk(chat_server: ChatServer) -> ChatServer:
     """The server with the roles and a support staff member who can log in there (PBKDF2: the server
     knows only the default hashers)."""
     roles_ensure()
-    staff = User.objects.get(username="staff")
-    hasher = PBKDF2PasswordHasher()
-    staff.password = hasher.encode(STAFF_PASSWORD, hasher.salt())
-    staff.save(update_fields=["password"])
+    server_logins("staff")
     return chat_server
 
 

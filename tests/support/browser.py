@@ -170,13 +170,24 @@ def live_daphne_fixture(django_db_setup: None, django_db_blocker: DjangoDbBlocke
     log.unlink(missing_ok=True)  # kept only when a test failed in the module's fixtures
 
 
+def server_logins(*usernames: str) -> None:
+    """Let these demo users log in on the server with ``STAFF_PASSWORD``: the test process hashes with MD5
+    for speed, and the server accepts only its default hasher (PBKDF2). Call before the browser starts."""
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher
+    from django.contrib.auth.models import User
+
+    hasher = PBKDF2PasswordHasher()
+    for username in usernames:
+        User.objects.filter(username=username).update(password=hasher.encode(STAFF_PASSWORD, hasher.salt()))
+
+
 @pytest.fixture(name="chat_server")
 def chat_server_fixture(live_daphne: ChatServer, transactional_db: None, settings: Settings) -> ChatServer:
     """The live server (running) with the contract's demo data committed, visible to the server process.
 
     The staff accounts' passwords are hashed with MD5 here, for speed (PBKDF2 costs about a second per
     test); the server accepts only its default hashers, so a test that logs in as staff on the server
-    must store a PBKDF2 hash of ``STAFF_PASSWORD`` first.
+    calls ``server_logins`` first.
     """
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     if live_daphne.process is None:  # a test stopped it and failed before starting it again
