@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 from django.conf import settings
@@ -239,7 +240,7 @@ class OpenAIChatModel:
                         finished = finished or choice.get("finish_reason") is not None
         except openai.APIConnectionError as error:
             # The endpoint answered, then the connection dropped mid-stream: the answer was cut off.
-            if isinstance(error, openai.APITimeoutError):
+            if isinstance(error, openai.APITimeoutError) and _transport_failure(error) is None:
                 raise
             raise CUT_OFF() from error
         if not finished:
@@ -316,7 +317,22 @@ def _no_time_to_retry_error(error: _NoTimeToRetry) -> ModelError:
     return UNREACHABLE() if error.status is None else FAILED()
 
 
+def _transport_failure(error: BaseException) -> ModelError | None:
+    """What an aiohttp failure under ``error`` really was. The client's aiohttp transport reports every
+    connection error (refused, reset, closed before answering) as a connect *timeout*."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, aiohttp.ServerTimeoutError):
+            return None
+        if isinstance(cause, aiohttp.ClientConnectionError):
+            return UNREACHABLE()
+        cause = cause.__cause__
+    return None
+
+
 def _model_error(error: openai.APIError) -> ModelError:
+    if (failure := _transport_failure(error)) is not None:
+        return failure
     if isinstance(error, openai.APITimeoutError):
         return TIMEOUT()
     if isinstance(error, openai.APIConnectionError):
@@ -336,12 +352,14 @@ def _model_error(error: openai.APIError) -> ModelError:
 
 
 def openai_client(*, base_url: str | None, api_key: str | None, transport: Any = None) -> openai.AsyncOpenAI:
+    """The official client over its aiohttp transport (``openai[aiohttp]``), which reads a stream for ~2 ms
+    less CPU per call than the default one; ``transport`` (the builtin model) keeps the default client."""
     return BoundedRetriesClient(
         base_url=base_url,
         api_key=api_key or "not-needed",
         timeout=settings.CHAT_TIMEOUT_SECONDS,
         max_retries=0 if transport else settings.CHAT_MAX_RETRIES,
-        http_client=httpx2.AsyncClient(transport=transport) if transport else None,
+        http_client=httpx2.AsyncClient(transport=transport) if transport else openai.DefaultAioHttpClient(),
     )
 
 

@@ -375,7 +375,9 @@ def main() -> None:
         bare: dict[int, Run] = {}
         for count in options.customers:
             rounds = conversations_per_customer(count, options.min_turns)
+            before = time.process_time()  # this process runs only the bare clients (the model has its own)
             bare[count] = asyncio.run(load(count, rounds, lambda n, r, k: bare_customer(model_url, schemas, r, k)))
+            bare[count].cpu_seconds = time.process_time() - before
         product = {setup: measure_product(setup, options.customers, model_url, options) for setup in options.setups}
     finally:
         model.terminate()
@@ -383,7 +385,7 @@ def main() -> None:
     print(f"\nseed conversation (greeting + {len(SEED)} messages, 6 model calls, 2 tool calls); model: first token "
           f"after {options.ttft_ms:.0f} ms, a word every {options.gap_ms:.0f} ms; {os.cpu_count()} cores; "
           f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
-    print("| arm | customers | daphne CPU per turn | turns/s | turn p50 | turn p99 | p50 added over bare | errors |")
+    print("| arm | customers | server CPU per turn | turns/s | turn p50 | turn p99 | p50 added over bare | errors |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for count in options.customers:
         print(row("bare AsyncOpenAI loop", count, bare[count], None))

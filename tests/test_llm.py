@@ -323,6 +323,12 @@ async def test_an_endpoint_nobody_listens_on_is_unavailable(make_model):
     assert error.message == "The assistant can't be reached right now. Please try again shortly."
 
 
+async def test_an_endpoint_that_hangs_up_without_answering_is_unavailable(fake, make_model):
+    fake.script(Reply(hang_up=True))
+    error = await fails(make_model())
+    assert error.code == "model_unavailable"
+
+
 # A WHOLE TURN
 
 

@@ -34,6 +34,8 @@ class Reply:
     drop: bool = False
     # Write ``pieces[:hold_after]`` (or nothing) and wait until the server stops before going on.
     hold_after: int | None = None
+    # Close the connection without sending any response at all.
+    hang_up: bool = False
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -134,6 +136,9 @@ class _Handler(BaseHTTPRequestHandler):
         reply = fake.next_reply()
         if reply.hold_after is not None and reply.pieces is None:
             fake.released.wait(30)
+        if reply.hang_up:
+            self.close_connection = True
+            return
         self.send_response(reply.status)
         self.send_header("content-type", reply.content_type)
         for name, value in reply.headers.items():
