@@ -30,11 +30,11 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import Q
 from django.utils import timezone
 from pydantic import Field
 
-from chat import counters, protocol
+from chat import counters, protocol, services
 from chat.agent import Emit, TurnResult
 from chat.models import Conversation, HandoffEvent, Holder, Turn
 from chat.toolbox import ToolContext, ToolError
@@ -194,10 +194,9 @@ def _mask(conversation: Conversation, text: str) -> str:
 
 def _turn_append(conversation: Conversation, *, content: str, kind: str, name: str = "", result: Any = None) -> Turn:
     """An assistant-role turn of ``kind``; the conversation row is locked by the caller (seq is unique)."""
-    seq = (conversation.turns.aggregate(last=Max("seq"))["last"] or 0) + 1
     return Turn.objects.create(
-        conversation=conversation, seq=seq, role=Turn.Role.ASSISTANT, content=content, kind=kind, name=name,
-        result=result,
+        conversation=conversation, seq=services.turn_next_seq(conversation.id), role=Turn.Role.ASSISTANT,
+        content=content, kind=kind, name=name, result=result,
     )
 
 
