@@ -67,16 +67,14 @@ def confirmation_decide(*, conversation_id: uuid.UUID, confirm_id: uuid.UUID, ap
     return decided == 1
 
 
-def confirmations_supersede(*, conversation_id: uuid.UUID) -> list[uuid.UUID]:
-    """The customer wrote instead of answering: every pending question of the conversation is dropped."""
-    pending = list(
-        Confirmation.objects.filter(conversation_id=conversation_id, state=State.PENDING).values_list("id", flat=True)
-    )
-    if pending:
-        Confirmation.objects.filter(id__in=pending, state=State.PENDING).update(
+def confirmations_supersede(*, conversation_id: uuid.UUID) -> bool:
+    """The customer wrote instead of answering: every pending question of the conversation is dropped.
+    True when there was one (a turn waits on it)."""
+    return bool(
+        Confirmation.objects.filter(conversation_id=conversation_id, state=State.PENDING).update(
             state=State.SUPERSEDED, decided_at=timezone.now()
         )
-    return pending
+    )
 
 
 def confirmations_expire_all(*, conversation_id: uuid.UUID) -> None:

@@ -69,11 +69,15 @@ def session_conversation_attach(
 
 def customer_message_arrive(
     *, session_key: str, client_address: str | None, conversation_id: uuid.UUID, text: str
-) -> None:
+) -> bool:
     """Count the message against the flood limits and, if admitted, store it to wait for its turn: one
-    database step, and from here the message outlives this process. Raises the refusal when over a limit."""
+    database step, and from here the message outlives this process. Raises the refusal when over a limit.
+
+    Writing instead of answering a pending card drops it: True when one was (the turn waiting on it must
+    be woken, to go on to this message)."""
     limits.message_admit(session_key=session_key, client_address=client_address)
     services.customer_message_wait(conversation_id=conversation_id, text=text)
+    return confirmations_supersede(conversation_id=conversation_id)
 
 
 def _turn_name(conversation_id: uuid.UUID) -> str:
@@ -191,7 +195,7 @@ class ChatConsumer(Socket):
                     session_key=self.session_key, client_address=self.client_address
                 )
             else:
-                await database_sync_to_async(customer_message_arrive)(
+                superseded = await database_sync_to_async(customer_message_arrive)(
                     session_key=self.session_key,
                     client_address=self.client_address,
                     conversation_id=self.conversation_id,
@@ -203,8 +207,7 @@ class ChatConsumer(Socket):
         if isinstance(frame, HumanFrame):
             self._start_handoff()
             return
-        # Writing instead of answering a pending card drops it: the turn waiting on it goes on to this message.
-        if await database_sync_to_async(confirmations_supersede)(conversation_id=self.conversation_id):
+        if superseded:  # the turn waiting on the card goes on to this message
             await confirmation_wake(self.conversation_id)
         self._start_turn()  # takes the oldest waiting message: this one, or one queued before it
 
