@@ -14,7 +14,8 @@ which answers like the builtin model after ``--ttft-ms`` and streams a word ever
 Each customer plays the seed's conversation (the greeting, then three messages: 6 model calls and 2 tool
 calls); a *turn* is one greeting or customer message, from send (or connect) to ``idle``. The table gives
 daphne's CPU per turn from the server processes' own counters (``/proc/<pid>/stat`` utime + stime, taken
-around the measured run, after a warm-up conversation), turns/s, turn p50 / p99, the p50 added over the
+around the measured run, after a warm-up conversation; on the bare arm's rows, the CPU its clients took
+in this process, for comparison), turns/s, turn p50 / p99, the p50 added over the
 bare loop's, and errors (error frames, failed sockets). The per-address flood limits are raised through
 the environment: every customer here comes from 127.0.0.1.
 """
