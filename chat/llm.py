@@ -382,6 +382,15 @@ def chat_model_override(model: ChatModel) -> Iterator[ChatModel]:
         _override = previous
 
 
+async def configured_chat_model_close() -> None:
+    """Close the process's model client and its pooled connections, if one was made (the next turn makes
+    a new one): at the end of a command, of an evaluation's event loop, or of the server."""
+    if configured_chat_model.cache_info().currsize:
+        model = configured_chat_model()
+        configured_chat_model.cache_clear()
+        await model.client.close()
+
+
 @functools.cache
 def configured_chat_model() -> OpenAIChatModel:
     """The process's model from settings: one client, made once, shared by every conversation.

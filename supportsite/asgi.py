@@ -5,7 +5,9 @@ proxies). HTTP goes to Django; WebSockets pass the origin check, then the sessio
 middleware, then the chat routes.
 """
 
+import asyncio
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -27,3 +29,22 @@ application = TrustedProxyMiddleware(
         }
     )
 )
+
+
+def _model_client_closed_at_shutdown() -> None:
+    """Under daphne, close the model client's pooled connections before the event loop stops (else
+    aiohttp logs "Unclosed client session" at every stop)."""
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None:
+        return
+    from twisted.internet.defer import Deferred
+
+    from chat.llm import configured_chat_model_close
+
+    def close() -> Deferred:
+        return Deferred.fromFuture(asyncio.ensure_future(configured_chat_model_close()))
+
+    reactor.addSystemEventTrigger("before", "shutdown", close)
+
+
+_model_client_closed_at_shutdown()

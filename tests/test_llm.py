@@ -9,12 +9,15 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
+from django.contrib.sessions.backends.db import SessionStore
 
 from chat import llm
 from chat.agent import ModelError, ModelReply
 from chat.llm import OpenAIChatModel, openai_client
 from chat.models import Conversation, Turn
 from chat.runtime import conversation_attach, conversation_respond
+from tests.support import live
+from tests.support.browser import ARTIFACTS, ChatServer, daphne_environment, free_port
 from tests.support.fake_openai import (
     MODEL,
     FakeOpenAI,
@@ -386,3 +389,33 @@ async def test_the_openai_backend_drives_the_real_loop_tools_and_database(fake, 
     assert [t.role for t in turns] == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant"]
     assert all(t.model == MODEL and t.prompt_tokens == 42 for t in turns if t.role == "assistant")
     assert '"key"' not in turns[1].content
+
+
+# THE CLIENT'S LIFE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_daphne_on_the_openai_backend_answers_and_stops_without_leaving_its_client_open(fake):
+    """The client's aiohttp connections are closed before daphne's event loop stops, not left for
+    aiohttp to report at every stop ("Unclosed client session")."""
+    fake.script(stream_reply(text_deltas("Hello ", "from the endpoint.")))
+    port = free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / f"openai-daphne-{port}.log"
+    log.write_bytes(b"")
+    environment = daphne_environment() | {
+        "CHAT_BACKEND": "openai", "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "test", "CHAT_MODEL": MODEL,
+    }
+    server = ChatServer(port=port, environment=environment, log=log)
+    server.start()
+    try:
+        session = SessionStore()
+        session.create()
+        with live.socket(server, session.session_key) as ws:
+            frames = live.until_idle(ws)
+    finally:
+        server.stop()
+    assert [f["text"] for f in frames if f["type"] == "message"] == ["Hello from the endpoint."]
+    output = log.read_text()
+    assert "Unclosed" not in output, output
+    log.unlink()

@@ -186,8 +186,7 @@ async def _run_all(
     finally:
         if client is not None:
             await client.close()
-        await llm.configured_chat_model().client.close()
-        llm.configured_chat_model.cache_clear()
+        await llm.configured_chat_model_close()
 
 
 async def attempt_run(scenario: Scenario, number: int, client: openai.AsyncOpenAI | None) -> Attempt:

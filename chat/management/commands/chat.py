@@ -18,6 +18,7 @@ from channels.db import database_sync_to_async
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
+from chat import llm
 from chat.confirmations import confirmation_decide
 from chat.runtime import conversation_attach, conversation_respond
 
@@ -63,6 +64,12 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot read {path}: {error.strerror}") from error
 
     async def _chat(self, messages: list[str] | None) -> None:
+        try:
+            await self._converse(messages)
+        finally:
+            await llm.configured_chat_model_close()
+
+    async def _converse(self, messages: list[str] | None) -> None:
         attached = await database_sync_to_async(conversation_attach)(
             session_key=f"terminal-{uuid.uuid4().hex[:24]}", client_address=None
         )
