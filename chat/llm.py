@@ -76,8 +76,7 @@ class BoundedRetriesClient(openai.AsyncOpenAI):
         deadline = _deadline.get()
         if deadline is not None and time.monotonic() + delay >= deadline:
             failure = sys.exc_info()[1]  # called while handling the failed attempt's exception
-            timed_out = isinstance(failure, httpx2.TimeoutException | openai.APITimeoutError)
-            raise _NoTimeToRetry(response.status_code if response is not None else None, timed_out)
+            raise _NoTimeToRetry(response.status_code if response is not None else None, _timed_out(failure))
         await asyncio.sleep(delay)
 
 
@@ -240,7 +239,7 @@ class OpenAIChatModel:
                         finished = finished or choice.get("finish_reason") is not None
         except openai.APIConnectionError as error:
             # The endpoint answered, then the connection dropped mid-stream: the answer was cut off.
-            if isinstance(error, openai.APITimeoutError) and _transport_failure(error) is None:
+            if _timed_out(error):
                 raise
             raise CUT_OFF() from error
         if not finished:
@@ -317,25 +316,25 @@ def _no_time_to_retry_error(error: _NoTimeToRetry) -> ModelError:
     return UNREACHABLE() if error.status is None else FAILED()
 
 
-def _transport_failure(error: BaseException) -> ModelError | None:
-    """What an aiohttp failure under ``error`` really was. The client's aiohttp transport reports every
-    connection error (refused, reset, closed before answering) as a connect *timeout*."""
+def _timed_out(error: BaseException | None) -> bool:
+    """Whether the endpoint really took too long. The client's aiohttp transport reports every connection
+    error (refused, reset, closed before answering) as a connect *timeout* too; its cause tells them apart."""
+    if not isinstance(error, httpx2.TimeoutException | openai.APITimeoutError):
+        return False
     cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, aiohttp.ServerTimeoutError):
-            return None
+            return True
         if isinstance(cause, aiohttp.ClientConnectionError):
-            return UNREACHABLE()
+            return False
         cause = cause.__cause__
-    return None
+    return True
 
 
 def _model_error(error: openai.APIError) -> ModelError:
-    if (failure := _transport_failure(error)) is not None:
-        return failure
-    if isinstance(error, openai.APITimeoutError):
+    if _timed_out(error):
         return TIMEOUT()
-    if isinstance(error, openai.APIConnectionError):
+    if isinstance(error, openai.APIConnectionError):  # a timeout that was none is one of these
         return UNREACHABLE()
     if isinstance(error, openai.RateLimitError):
         return BUSY()

@@ -326,6 +326,15 @@ async def test_an_endpoint_nobody_listens_on_is_unavailable(make_model):
     assert error.message == "The assistant can't be reached right now. Please try again shortly."
 
 
+async def test_an_endpoint_nobody_listens_on_is_unavailable_when_no_retry_fits_the_deadline(make_model, settings):
+    settings.CHAT_MAX_RETRIES = 2  # the client's first retry waits longer than the reply may take
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    error = await fails(make_model(base_url=f"http://127.0.0.1:{port}/v1", reply_timeout=0.3))
+    assert error.code == "model_unavailable"
+
+
 async def test_an_endpoint_that_hangs_up_without_answering_is_unavailable(fake, make_model):
     fake.script(Reply(hang_up=True))
     error = await fails(make_model())
