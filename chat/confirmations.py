@@ -20,13 +20,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
 from chat import protocol
 from chat.agent import ConfirmDecision, ConfirmRequest, Emit
+from chat.db import database_sync_to_async
 from chat.models import Confirmation
 from chat.sockets import layer_receive_within
 

@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
 from django.contrib.sessions.backends.base import SessionBase
 
 from chat import fanout, handoff, identity, limits, modelstatus, protocol, services
@@ -18,6 +17,7 @@ from chat.confirmations import (
     confirmations_expire_all,
     confirmations_supersede,
 )
+from chat.db import database_sync_to_async
 from chat.frames import ConfirmFrame, HumanFrame, parse_client_frame
 from chat.protocol import CustomerError
 from chat.runtime import Attached, conversation_attach, conversation_respond

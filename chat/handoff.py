@@ -26,7 +26,6 @@ from datetime import datetime, time
 from typing import Annotated, Any
 
 from asgiref.sync import async_to_sync
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
@@ -36,6 +35,7 @@ from pydantic import Field
 
 from chat import counters, protocol, services
 from chat.agent import Emit, TurnResult
+from chat.db import database_sync_to_async
 from chat.models import Conversation, HandoffEvent, Holder, Turn
 from chat.toolbox import ToolContext, ToolError
 from chat.turnlock import conversation_lock

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils.module_loading import import_string
@@ -33,6 +32,7 @@ from chat.agent import (
     run_turn,
 )
 from chat.confirmations import ChannelConfirmer
+from chat.db import database_sync_to_async
 from chat.models import Conversation, Holder
 from chat.secrets import MaskedStream, SecretKeeper
 from chat.toolbox import Toolbox, ToolContext, get_toolbox

@@ -150,6 +150,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "transaction_mode": "IMMEDIATE",
         }
     )
+# Crossings from async code to the database that run at once, per process (chat.db): on PostgreSQL a
+# crossing mostly waits for the server, so several overlap, each with its own kept connection; SQLite
+# takes one writer at a time.
+DATABASE_THREADS = env_int(
+    "DATABASE_THREADS", 1 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else 4
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # CHANNELS

@@ -69,7 +69,8 @@ def runtime_on_test_connection(monkeypatch):
     """Lets sync test code drive the runtime (``run_conversation``) on the test's connection, inside its
     transaction: ``database_sync_to_async`` closes "old" connections around each call, which would close
     the one a non-transactional test runs in; called from sync code, it runs in this thread."""
-    monkeypatch.setattr("channels.db.close_old_connections", lambda: None)
+    monkeypatch.setattr("chat.db.close_old_connections", lambda: None)  # the runtime's crossings
+    monkeypatch.setattr("channels.db.close_old_connections", lambda: None)  # the test helpers' own
 
 
 @pytest.fixture

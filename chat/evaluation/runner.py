@@ -20,11 +20,11 @@ from typing import Any
 
 import openai
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
-from channels.db import database_sync_to_async
 from django.conf import settings
 
 from chat import llm, selectors
 from chat.confirmations import confirmation_decide
+from chat.db import database_sync_to_async
 from chat.evaluation.judge import Observation, ObservedCall, judge
 from chat.evaluation.metrics import median, pass_hat_table, percentile
 from chat.evaluation.sandbox import DEMO_KEYS, Sandbox, sandbox_close, sandbox_open, transactions_survive_hops

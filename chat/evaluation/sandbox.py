@@ -7,7 +7,7 @@ per run. The price: every database access of the run must happen on one connecti
 The runner gives each run a ``ThreadSensitiveContext`` of its own, so the runtime's
 ``database_sync_to_async`` hops all land on that run's thread, where this module opened the transaction.
 
-``channels.db.database_sync_to_async`` calls Django's ``close_old_connections`` around every hop, which
+``chat.db.database_sync_to_async`` calls Django's ``close_old_connections`` around every hop, which
 closes a connection that is inside a transaction (its autocommit differs from the settings'), and
 would end the run's transaction. ``transactions_survive_hops`` swaps in a version that leaves such
 connections alone and treats every other connection exactly as Django does.
@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import channels.db
 from django.contrib.auth.models import User
 from django.db import connection, connections, transaction
 from django.db.transaction import Atomic
 
+from chat import db
 from chat.evaluation.scenarios import Scenario
 from chat.runtime import conversation_attach
 from tickets.management.commands.seed_demo import CUSTOMERS as DEMO_CUSTOMERS
@@ -45,12 +45,12 @@ def close_connections_outside_transactions() -> None:
 
 @contextmanager
 def transactions_survive_hops() -> Iterator[None]:
-    original = channels.db.close_old_connections
-    channels.db.close_old_connections = close_connections_outside_transactions
+    original = db.close_old_connections
+    db.close_old_connections = close_connections_outside_transactions
     try:
         yield
     finally:
-        channels.db.close_old_connections = original
+        db.close_old_connections = original
 
 
 @dataclass

@@ -17,10 +17,10 @@ import time
 import uuid
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 
 from chat.consumers import conversation_group
+from chat.db import database_sync_to_async
 from chat.models import Turn
 from chat.operators.access import may_review
 from chat.operators.revocation import staff_user_group

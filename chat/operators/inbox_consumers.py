@@ -20,10 +20,10 @@ import time
 import uuid
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 
 from chat import handoff
+from chat.db import database_sync_to_async
 from chat.operators.access import may_handle
 from chat.operators.consumers import OperatorConsumer, StaffSocket, last_customer_seq
 from chat.operators.inbox_selectors import conversation_may_be_handled, queue_frame

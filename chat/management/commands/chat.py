@@ -14,12 +14,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
 from chat import llm
 from chat.confirmations import confirmation_decide
+from chat.db import database_sync_to_async
 from chat.runtime import conversation_attach, conversation_respond
 
 ANSWERS = {"yes": True, "y": True, "no": False, "n": False}

@@ -1,0 +1,140 @@
+"""Crossings from async code to the database (``chat.db``): side by side on PostgreSQL's database threads,
+kept on one thread where a transaction must stay on it, and a kept connection checked once a while
+rather than once a crossing, and at once when the database dropped it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from asgiref.sync import ThreadSensitiveContext, async_to_sync
+from django.db import connection, connections
+
+from chat import db
+from chat.db import database_sync_to_async
+
+ROOT = Path(__file__).resolve().parent.parent
+on_postgresql = pytest.mark.skipif(connection.vendor != "postgresql", reason="needs a PostgreSQL server")
+
+
+def slow_ident() -> int:
+    time.sleep(0.05)  # long enough that crossings started together overlap
+    return threading.get_ident()
+
+
+async def test_crossings_run_side_by_side_on_the_database_threads(settings):
+    settings.DATABASE_THREADS = 3
+    meeting = threading.Barrier(3, timeout=5)  # passed only by three crossings running at once
+
+    def meet() -> str:
+        meeting.wait()
+        return threading.current_thread().name
+
+    names = await asyncio.gather(*(database_sync_to_async(meet)() for _ in range(3)))
+    assert len(set(names)) == 3
+    assert all(name.startswith("database") for name in names), names
+
+
+async def test_with_one_database_thread_crossings_take_turns_on_it(settings):
+    settings.DATABASE_THREADS = 1
+    idents = await asyncio.gather(*(database_sync_to_async(slow_ident)() for _ in range(4)))
+    assert len(set(idents)) == 1
+
+
+async def test_a_thread_sensitive_context_keeps_its_crossings_on_its_own_thread(settings):
+    """What an evaluation run needs: its transaction lives on one connection, so on one thread."""
+    settings.DATABASE_THREADS = 4
+    async with ThreadSensitiveContext():
+        inside = await asyncio.gather(*(database_sync_to_async(slow_ident)() for _ in range(6)))
+    outside = await asyncio.gather(*(database_sync_to_async(slow_ident)() for _ in range(6)))
+    assert len(set(inside)) == 1
+    assert len(set(outside)) > 1
+
+
+@pytest.mark.parametrize(
+    ("database_url", "threads"),
+    [("sqlite:////tmp/threads.sqlite3", "1"), ("postgres://postgres@127.0.0.1:5432/test", "4")],
+)
+def test_postgresql_gets_four_database_threads_and_sqlite_one(database_url, threads):
+    environment = {key: value for key, value in os.environ.items() if key != "DATABASE_THREADS"}
+    environment.update(DATABASE_URL=database_url, DJANGO_SETTINGS_MODULE="supportsite.settings")
+    shown = subprocess.run(
+        [sys.executable, "-c", "from django.conf import settings; print(settings.DATABASE_THREADS)"],
+        cwd=ROOT, env=environment, capture_output=True, text=True, check=True,
+    )
+    assert shown.stdout.strip() == threads
+
+
+# THE KEPT CONNECTION'S HEALTH CHECK
+
+
+@pytest.fixture
+def kept_connections(monkeypatch):
+    """Connections kept between crossings and health-checked, as in production; closed after the test."""
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 600)
+    monkeypatch.setitem(connection.settings_dict, "CONN_HEALTH_CHECKS", True)
+    connection.close()  # the test's own connection reopens with these settings
+    checks: list[int] = []
+    wrapper = type(connections["default"])  # the backend's DatabaseWrapper, every thread's connection
+    usable = wrapper.is_usable
+    monkeypatch.setattr(wrapper, "is_usable", lambda self: checks.append(1) or usable(self))
+    yield checks
+    connection.close()
+
+
+def backend_pid() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()" if connection.vendor == "postgresql" else "SELECT 1")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_kept_connection_is_checked_once_a_while_not_once_a_crossing(kept_connections, monkeypatch):
+    crossing = async_to_sync(database_sync_to_async(backend_pid))
+    for _ in range(5):
+        crossing()
+    assert len(kept_connections) == 1  # the first crossing opened it; the second checked it; then trusted
+    monkeypatch.setattr(db, "CHECK_EVERY_SECONDS", 0.0)
+    crossing()
+    crossing()
+    assert len(kept_connections) == 3
+
+
+def drop(pid: int) -> None:
+    """The database ends the connection, as a restart or a failover would."""
+    params = connection.get_connection_params()
+    with psycopg.connect(
+        dbname=params["dbname"], user=params.get("user"), host=params.get("host"), port=params.get("port"),
+        autocommit=True,
+    ) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
+            time.sleep(0.01)
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_the_database_dropped_is_replaced(kept_connections, monkeypatch):
+    crossing = async_to_sync(database_sync_to_async(backend_pid))
+    first = crossing()
+    drop(first)
+    monkeypatch.setattr(db, "CHECK_EVERY_SECONDS", 0.0)  # its check is due: it fails and is replaced
+    second = crossing()
+    assert second != first
+
+    checks = len(kept_connections)
+    monkeypatch.setattr(db, "CHECK_EVERY_SECONDS", 3600.0)
+    assert crossing() == second
+    assert len(kept_connections) == checks, "checked a moment ago and quiet since: no check"
+    drop(second)
+    # Checked a moment ago, but the server's goodbye waits on the socket: the poll sees it, the check runs.
+    third = crossing()
+    assert third not in {first, second}
+    assert len(kept_connections) == checks + 1
