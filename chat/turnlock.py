@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 LEASE_SECONDS = 15  # how long a dead process's turn can block its conversation
 LEASE_POLL_SECONDS = 0.05
+POOL_WAIT_SECONDS = 20  # a command waiting this long for a free connection fails
 
 _locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
 _lease_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
@@ -33,14 +34,22 @@ _lease_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.async
 
 
 def _lease_client() -> redis.asyncio.Redis | None:
-    """One Redis client (and connection pool) per event loop, shared by every turn; None without Redis."""
+    """One Redis client (and connection pool) per event loop, shared by every turn; None without Redis.
+
+    Its pool holds ``REDIS_MAX_CONNECTIONS`` and a command past them waits for a free one: redis-py's
+    default pool holds 100 and raises ``MaxConnectionsError`` past them, which failed turns of a process
+    serving 300 customers at once.
+    """
     url = settings.CHAT_TURN_LEASE_URL
     if not url:
         return None
     loop = asyncio.get_running_loop()
     client = _lease_clients.get(loop)
     if client is None:
-        client = _lease_clients[loop] = redis.asyncio.Redis.from_url(url)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=settings.REDIS_MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS
+        )
+        client = _lease_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
     return client
 
 

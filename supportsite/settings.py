@@ -160,6 +160,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # CHANNELS
 _REDIS_URL = env("REDIS_URL")
+# Connections per process and pool (the channel layer's; the turn leases'): past it a command waits.
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 1000)
 if _REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
@@ -174,7 +176,7 @@ if _REDIS_URL:
                         "address": _REDIS_URL,
                         "socket_timeout": 30,
                         "socket_connect_timeout": 5,
-                        "max_connections": env_int("REDIS_MAX_CONNECTIONS", 1000),
+                        "max_connections": REDIS_MAX_CONNECTIONS,
                     }
                 ],
                 "capacity": 1500,

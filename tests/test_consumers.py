@@ -436,3 +436,22 @@ async def test_resuming_while_another_process_runs_a_turn_sends_no_idle(model):
         assert (await again.receive_json_from())["text"] == GREETING
         assert await again.receive_nothing(timeout=0.1), "the other process's turn will send the idle"
         await again.disconnect()
+
+
+@needs_redis
+@pytest.mark.parametrize("pool_size", [1000, 5])
+async def test_three_hundred_turns_at_once_all_get_their_lease(settings, pool_size):
+    """More turns than redis-py's default pool (100) take leases at once: none fails with
+    MaxConnectionsError; past ``REDIS_MAX_CONNECTIONS`` a command waits for a free connection."""
+    settings.REDIS_MAX_CONNECTIONS = pool_size  # the client is made per event loop: this test's
+    inside = 0
+
+    async def turn() -> None:
+        nonlocal inside
+        async with turnlock.conversation_lock(uuid.uuid4()):
+            inside += 1
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(asyncio.gather(*(turn() for _ in range(300))), timeout=60)
+    assert inside == 300
+    assert not await turnlock.conversation_busy(uuid.uuid4())
