@@ -90,13 +90,18 @@ class SecretKeeper:
     """The secrets of one conversation during a turn.
 
     ``known`` are raw values learnt in memory; ``is_secret`` tells whether a token is one of the secrets
-    known only by digest (learnt in earlier turns, or the verified customer's keys).
+    known only by digest (learnt in earlier turns, or the verified customer's keys). Its answer for a token
+    cannot change during the turn, so each distinct token is asked once (a digest or two each): a reply's
+    words are checked as deltas, again in its ``message`` frame and again as the row is stored.
     """
+
+    VERDICTS_KEPT = 4096  # distinct tokens remembered per turn (a flood of new words starts the memory over)
 
     def __init__(self, *, is_secret: Callable[[str], bool] | None = None, known: Iterable[str] = ()) -> None:
         self.is_secret = is_secret
         self.known: list[str] = []
         self.learn(known)
+        self._verdicts: dict[str, bool] = {}
 
     @property
     def empty(self) -> bool:
@@ -113,8 +118,16 @@ class SecretKeeper:
         """The secrets standing in ``text``: the known ones, and tokens that are secrets by digest."""
         found = [secret for secret in self.known if secret in text]
         if self.is_secret is not None:
-            found += [token for token in tokens(text) if token not in found and self.is_secret(token)]
+            found += [token for token in tokens(text) if token not in found and self._secret_by_digest(token)]
         return found
+
+    def _secret_by_digest(self, token: str) -> bool:
+        verdict = self._verdicts.get(token)
+        if verdict is None:
+            if len(self._verdicts) >= self.VERDICTS_KEPT:
+                self._verdicts.clear()
+            verdict = self._verdicts[token] = self.is_secret(token)
+        return verdict
 
     def mask_text(self, text: str) -> str:
         return mask_text(text, self.found_in(text)) if text else text

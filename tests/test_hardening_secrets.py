@@ -165,3 +165,30 @@ async def test_a_secret_split_across_two_stream_pieces_is_still_masked(john_key,
     half = len(john_key) // 2
     sent = stream.push(f"your key {john_key[:half]}") + stream.push(f"{john_key[half:]} is safe") + stream.flush()
     assert sent == f"your key {MASK} is safe"
+
+
+def test_a_turn_asks_the_digests_about_each_word_once_and_still_masks_every_time(monkeypatch):
+    """A reply's words are checked as deltas, in its ``message`` frame and as its row: the digests (an HMAC
+    or two per word) are asked once per distinct word a turn, and the memory is bounded."""
+    from chat.secrets import MaskedStream, SecretKeeper
+
+    asked: list[str] = []
+
+    def is_secret(token: str) -> bool:
+        asked.append(token)
+        return token == "s3cret-key"
+
+    keeper = SecretKeeper(is_secret=is_secret)
+    text = "Noted: your key s3cret-key is safe."
+    masked = f"Noted: your key {MASK} is safe."
+    stream = MaskedStream(keeper)
+    assert stream.push("Noted: your key s3cr") + stream.push("et-key is safe.") + stream.flush() == masked
+    assert keeper.mask_frame({"type": "message", "text": text}) == {"type": "message", "text": masked}
+    assert keeper.mask_messages([{"role": "assistant", "content": text}]) == [{"role": "assistant", "content": masked}]
+    assert "s3cret-key" in asked and len(asked) == len(set(asked)), asked
+
+    monkeypatch.setattr(SecretKeeper, "VERDICTS_KEPT", 2)
+    small = SecretKeeper(is_secret=is_secret)
+    for _ in range(3):
+        assert small.mask_text("one two three s3cret-key four") == f"one two three {MASK} four"
+    assert len(small._verdicts) <= 2
