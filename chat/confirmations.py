@@ -22,6 +22,7 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from chat import protocol
@@ -70,11 +71,15 @@ def confirmation_decide(*, conversation_id: uuid.UUID, confirm_id: uuid.UUID, ap
 def confirmations_supersede(*, conversation_id: uuid.UUID) -> bool:
     """The customer wrote instead of answering: every pending question of the conversation is dropped.
     True when there was one (a turn waits on it)."""
-    return bool(
-        Confirmation.objects.filter(conversation_id=conversation_id, state=State.PENDING).update(
-            state=State.SUPERSEDED, decided_at=timezone.now()
-        )
-    )
+    # Written out (every customer message runs it, and there is rarely a card): the ORM's update costs ~4x.
+    decided_at = Confirmation._meta.get_field("decided_at").get_db_prep_save(timezone.now(), connection)
+    conversation = Confirmation._meta.get_field("conversation").get_db_prep_save(conversation_id, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(_SUPERSEDE, [State.SUPERSEDED.value, decided_at, conversation, State.PENDING.value])
+        return cursor.rowcount > 0
+
+
+_SUPERSEDE = "UPDATE chat_confirmation SET state = %s, decided_at = %s WHERE conversation_id = %s AND state = %s"
 
 
 def confirmations_expire_all(*, conversation_id: uuid.UUID) -> None:

@@ -217,7 +217,7 @@ def _holder_set(conversation: Conversation, state: str, *, staff: Any = None, re
 
 
 def _locked(conversation_id: uuid.UUID) -> Conversation:
-    return Conversation.objects.select_for_update().get(id=conversation_id)
+    return services.conversation_locked(conversation_id)
 
 
 @transaction.atomic

@@ -226,7 +226,7 @@ def turn_start(conversation_id: uuid.UUID, customer_text: str | None = None) -> 
     before it, in one transaction. Past ``CHAT_MAX_CUSTOMER_MESSAGES`` the message is taken and not stored
     (``too_long``). Queries stay the same however long the conversation is, but for the history itself.
     """
-    conversation = Conversation.objects.select_for_update().get(id=conversation_id)
+    conversation = services.conversation_locked(conversation_id)
     if customer_text is not None:
         services.customer_message_wait(conversation_id=conversation_id, text=customer_text)
     text = services.waiting_message_take(conversation=conversation)

@@ -27,9 +27,24 @@ def conversation_start(*, session_key: str, client_address: str | None = None) -
     return conversation
 
 
-def customer_message_wait(*, conversation_id: uuid.UUID, text: str) -> WaitingMessage:
+def customer_message_wait(*, conversation_id: uuid.UUID, text: str) -> None:
     """Store a customer message on arrival; a turn takes it with ``waiting_message_take``."""
-    return WaitingMessage.objects.create(conversation_id=conversation_id, text=text)
+    created_at = WaitingMessage._meta.get_field("created_at").get_db_prep_save(timezone.now(), connection)
+    with connection.cursor() as cursor:
+        cursor.execute(_WAITING_ADD, [_pk(conversation_id), text, created_at])
+
+
+def conversation_locked(conversation_id: uuid.UUID) -> Conversation:
+    """The conversation, its row locked until the transaction ends: ``select_for_update().get(id=…)``,
+    its SQL compiled by the ORM once per database (a turn starts with it). Raises ``DoesNotExist``."""
+    sql, converters, compiler = _conversation_locked_statement(connection.alias)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_pk(conversation_id)])
+        row = cursor.fetchone()
+    if row is None:
+        raise Conversation.DoesNotExist(f"no conversation {conversation_id}")
+    (values,) = compiler.apply_converters([row], converters) if converters else [row]
+    return Conversation.from_db(connection.alias, _CONVERSATION_ATTNAMES, list(values))
 
 
 def waiting_message_take(*, conversation: Conversation) -> str | None:
@@ -66,7 +81,7 @@ def turns_append(
     """
     new_secrets = [secret for secret in new_secrets if secret]
     if new_secrets:  # rare: the row itself is needed
-        conversation = Conversation.objects.select_for_update().get(id=conversation_id)
+        conversation = conversation_locked(conversation_id)
         return turns_insert(
             conversation=conversation, messages=messages, meta=meta, tool_results=tool_results,
             new_secrets=new_secrets,
@@ -137,6 +152,22 @@ _WAITING_TAKE = (
     "DELETE FROM chat_waitingmessage WHERE id = "
     "(SELECT MIN(id) FROM chat_waitingmessage WHERE conversation_id = %s) RETURNING text"
 )
+_WAITING_ADD = "INSERT INTO chat_waitingmessage (conversation_id, text, created_at) VALUES (%s, %s, %s)"
+_CONVERSATION_ATTNAMES = [field.attname for field in Conversation._meta.concrete_fields]
+
+
+@functools.cache
+def _conversation_locked_statement(alias: str) -> tuple[str, dict[int, Any], Any]:
+    """The ORM's own SQL for the locked fetch of one conversation, with its row converters. Compiled inside
+    the caller's transaction (the ORM refuses ``FOR UPDATE`` outside one); the id is its only parameter."""
+    placeholder = uuid.UUID(int=0)
+    queryset = Conversation.objects.using(alias).select_for_update().filter(id=placeholder)
+    compiler = queryset.query.get_compiler(alias)
+    sql, params = compiler.as_sql()
+    columns = [expression for expression, _, _ in compiler.select]
+    if list(params) != [_pk(placeholder)] or [c.target.attname for c in columns] != _CONVERSATION_ATTNAMES:
+        raise AssertionError(f"unexpected SQL for the conversation's locked fetch: {sql} {params}")
+    return sql, compiler.get_converters(columns), compiler
 
 
 @functools.cache

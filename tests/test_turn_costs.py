@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
-from django.db import connection
+from django.contrib.auth.models import User
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from chat import llm, services
 from chat.agent import ModelReply
-from chat.models import Turn, WaitingMessage
+from chat.models import Conversation, Holder, Turn, WaitingMessage
 from chat.runtime import turn_start
 from chat.toolbox import get_toolbox
 from tests.support.driver import Chat
@@ -124,3 +126,53 @@ def test_the_request_body_is_what_create_would_send():
     assert json.loads(llm.request_body("gpt-x", messages, [], stream=False)) == {
         "model": "gpt-x", "temperature": 0, "messages": messages,
     }
+
+
+def test_the_locked_fetch_gives_the_orms_row_and_refuses_an_unknown_id():
+    conversation_id = conversation_with(1)
+    Conversation.objects.filter(id=conversation_id).update(
+        customer_id=User.objects.create(username="ann").id, secret_digests=["ab" * 32], holder=Holder.WAITING
+    )
+    expected = Conversation.objects.get(id=conversation_id)
+    with transaction.atomic():
+        locked = services.conversation_locked(conversation_id)
+    assert {f.attname: getattr(locked, f.attname) for f in Conversation._meta.concrete_fields} == {
+        f.attname: getattr(expected, f.attname) for f in Conversation._meta.concrete_fields
+    }
+    assert locked.secret_digests == ["ab" * 32] and locked.created_at.tzinfo is not None
+    with transaction.atomic(), pytest.raises(Conversation.DoesNotExist):
+        services.conversation_locked(uuid.uuid4())
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite locks the whole database instead")
+def test_the_locked_fetch_holds_the_row_until_the_transaction_ends():
+    import psycopg
+
+    conversation_id = conversation_with(1)
+    settings = connection.settings_dict
+    other = psycopg.connect(
+        host=settings["HOST"], port=settings["PORT"] or 5432, user=settings["USER"], dbname=settings["NAME"],
+        password=settings["PASSWORD"] or None, autocommit=True,
+    )
+    steal = "SELECT 1 FROM chat_conversation WHERE id = %s FOR UPDATE NOWAIT"
+    with other:
+        with transaction.atomic():
+            services.conversation_locked(conversation_id)
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                other.execute(steal, [conversation_id])
+        assert other.execute(steal, [conversation_id]).fetchone() == (1,)
+
+
+def test_a_message_superseding_a_card_is_one_written_out_update():
+    from chat.confirmations import confirmations_supersede
+    from chat.models import Confirmation
+
+    conversation_id = conversation_with(1)
+    card = Confirmation.objects.create(
+        conversation_id=conversation_id, tool_call_id="call_1", tool="create_ticket", frame={},
+        expires_at=timezone.now(),
+    )
+    assert queries(lambda: confirmations_supersede(conversation_id=conversation_id)) == 1
+    card.refresh_from_db()
+    assert card.state == Confirmation.State.SUPERSEDED and card.decided_at is not None
+    assert confirmations_supersede(conversation_id=conversation_id) is False, "none pending any more"
