@@ -276,3 +276,75 @@ def test_another_customers_staff_reply_stays_invisible(toolbox, jane):
                        text="Refund for john")
     result = call(toolbox, jane, "get_ticket_status", {"ticket_id": "12345"})
     assert result == {"error": "No ticket 12345 was found for this customer."}
+
+
+def _orm_lookup(*, public_id: str, customer_id: int, conversation_id: object) -> Ticket | None:
+    """The ORM's statement of the lookup's rule: the reference the written-out query is held to."""
+    from django.db.models import Exists, OuterRef, Subquery
+
+    from tickets.selectors import verifications_holding
+
+    holding = verifications_holding(conversation_id=conversation_id).filter(customer_id=customer_id)
+    replies = TicketComment.objects.filter(
+        ticket=OuterRef("pk"), author=TicketComment.Author.STAFF, public=True
+    ).order_by("-created_at", "-id")
+    return (
+        Ticket.objects.filter(public_id=public_id, customer_id=customer_id)
+        .annotate(
+            holds=Exists(holding),
+            staff_reply=Subquery(replies.values("text")[:1]),
+            staff_reply_at=Subquery(replies.values("created_at")[:1]),
+        )
+        .first()
+    )
+
+
+def test_ticket_lookup_matches_the_orms_rule(toolbox, john, jane, settings):
+    """Case by case (owner or not, unknown id, key revoked, customer deactivated, verification too old,
+    signed in by the website with the current or a rotated secret, replies, notes and comments), the
+    written-out lookup answers exactly what the ORM's statement of the same rule answers."""
+    from tickets.models import Verification
+    from tickets.selectors import ticket_get_for_customer
+    from tickets.signatures import current_signer
+
+    john_id = User.objects.get(username="john_doe").id
+    jane_id = User.objects.get(username="jane_roe").id
+    staff = User.objects.create(username="agent-smith", is_staff=True)
+    ticket = Ticket.objects.get(public_id="12345")
+    ticket_staff_reply(ticket=ticket, staff_user=staff, text="Earlier public reply")
+    ticket_staff_reply(ticket=ticket, staff_user=staff, text="Latest public reply")
+    ticket_staff_reply(ticket=ticket, staff_user=staff, text="Internal note", public=False)
+    TicketComment.objects.create(ticket=ticket, author=TicketComment.Author.CUSTOMER, text="Customer's own words")
+    settings.CHAT_IDENTITY_SECRET = "the-current-signing-secret"
+    signed = new_context()
+    Verification.objects.create(conversation_id=signed.conversation_id, customer_id=jane_id, signer=current_signer())
+    rotated = new_context()
+    Verification.objects.create(conversation_id=rotated.conversation_id, customer_id=jane_id, signer="0" * 16)
+
+    def answer(found: Ticket | None) -> tuple | None:
+        return found and (found.pk, found.public_id, found.status, found.issue, found.holds, found.staff_reply,
+                          found.staff_reply_at)
+
+    def compare() -> list[tuple | None]:
+        answers = []
+        for conversation in (john, jane, signed, rotated):
+            for customer_id in (john_id, jane_id):
+                for public_id in ("12345", "67890", "24680", "99999"):
+                    where = {"public_id": public_id, "customer_id": customer_id,
+                             "conversation_id": conversation.conversation_id}
+                    expected = answer(_orm_lookup(**where))
+                    assert answer(ticket_get_for_customer(**where)) == expected, where
+                    answers.append(expected)
+        return answers
+
+    answers = compare()
+    assert any(a and a[4] and a[5] == "Latest public reply" for a in answers), "a holding lookup with a reply"
+    assert any(a and a[4] and a[5] is None for a in answers), "a holding lookup without one"
+    assert any(a and not a[4] for a in answers), "a lookup that does not hold"
+    apikey_rotate(customer=User.objects.get(username="john_doe"))  # john's key revoked
+    compare()
+    User.objects.filter(username="jane_roe").update(is_active=False)
+    compare()
+    User.objects.filter(username="jane_roe").update(is_active=True)
+    Verification.objects.update(created_at=timezone.now() - timedelta(seconds=settings.VERIFY_TTL_SECONDS + 5))
+    assert not any(a and a[4] for a in compare()), "too old: nothing holds"
