@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import namedtuple
 from typing import Any
 
 from chat import protocol
+from chat.compiled import CompiledQuery
 from chat.confirmations import confirmation_pending_frames
 from chat.history import cut_text, messages_valid_for_api
 from chat.models import Conversation, Turn
@@ -46,13 +48,17 @@ def turn_as_message(turn: Turn | Any) -> dict[str, Any]:
     return message
 
 
+_HISTORY = CompiledQuery(  # rows, not models, compiled once: read at the start of every turn
+    lambda conversation_id: Turn.objects.filter(conversation_id=conversation_id, role__in=API_ROLES)
+    .order_by("seq")
+    .values_list(*MESSAGE_FIELDS)
+)
+_MessageRow = namedtuple("_MessageRow", MESSAGE_FIELDS)
+
+
 def conversation_history(*, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
     """The conversation as the model API receives it, system prompt first."""
-    turns = (
-        Turn.objects.filter(conversation_id=conversation_id, role__in=API_ROLES)
-        .order_by("seq")
-        .values_list(*MESSAGE_FIELDS, named=True)  # rows, not models: half the cost, read every turn
-    )
+    turns = [_MessageRow(*row) for row in _HISTORY.rows(conversation_id)]
     return messages_valid_for_api([turn_as_message(turn) for turn in turns])
 
 

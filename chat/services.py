@@ -14,6 +14,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from chat.compiled import CompiledQuery
 from chat.models import Conversation, Turn, WaitingMessage
 from chat.prompts import SYSTEM_PROMPT
 from chat.secrets import mask_arguments, mask_text, mask_value
@@ -36,15 +37,11 @@ def customer_message_wait(*, conversation_id: uuid.UUID, text: str) -> None:
 
 def conversation_locked(conversation_id: uuid.UUID) -> Conversation:
     """The conversation, its row locked until the transaction ends: ``select_for_update().get(id=…)``,
-    its SQL compiled by the ORM once per database (a turn starts with it). Raises ``DoesNotExist``."""
-    sql, converters, compiler = _conversation_locked_statement(connection.alias)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [_pk(conversation_id)])
-        row = cursor.fetchone()
-    if row is None:
+    compiled once per database (a turn starts with it). Raises ``DoesNotExist``."""
+    rows = _CONVERSATION_LOCKED.rows(conversation_id)
+    if not rows:
         raise Conversation.DoesNotExist(f"no conversation {conversation_id}")
-    (values,) = compiler.apply_converters([row], converters) if converters else [row]
-    return Conversation.from_db(connection.alias, _CONVERSATION_ATTNAMES, list(values))
+    return Conversation.from_db(connection.alias, _CONVERSATION_ATTNAMES, rows[0])
 
 
 def waiting_message_take(*, conversation: Conversation) -> str | None:
@@ -155,19 +152,9 @@ _WAITING_TAKE = (
 _WAITING_ADD = "INSERT INTO chat_waitingmessage (conversation_id, text, created_at) VALUES (%s, %s, %s)"
 _CONVERSATION_ATTNAMES = [field.attname for field in Conversation._meta.concrete_fields]
 
-
-@functools.cache
-def _conversation_locked_statement(alias: str) -> tuple[str, dict[int, Any], Any]:
-    """The ORM's own SQL for the locked fetch of one conversation, with its row converters. Compiled inside
-    the caller's transaction (the ORM refuses ``FOR UPDATE`` outside one); the id is its only parameter."""
-    placeholder = uuid.UUID(int=0)
-    queryset = Conversation.objects.using(alias).select_for_update().filter(id=placeholder)
-    compiler = queryset.query.get_compiler(alias)
-    sql, params = compiler.as_sql()
-    columns = [expression for expression, _, _ in compiler.select]
-    if list(params) != [_pk(placeholder)] or [c.target.attname for c in columns] != _CONVERSATION_ATTNAMES:
-        raise AssertionError(f"unexpected SQL for the conversation's locked fetch: {sql} {params}")
-    return sql, compiler.get_converters(columns), compiler
+_CONVERSATION_LOCKED = CompiledQuery(  # selects every concrete field, in the model's order
+    lambda conversation_id: Conversation.objects.select_for_update().filter(id=conversation_id)
+)
 
 
 @functools.cache

@@ -176,3 +176,23 @@ def test_a_message_superseding_a_card_is_one_written_out_update():
     card.refresh_from_db()
     assert card.state == Confirmation.State.SUPERSEDED and card.decided_at is not None
     assert confirmations_supersede(conversation_id=conversation_id) is False, "none pending any more"
+
+
+def test_a_compiled_query_runs_the_orms_sql_per_conversation_and_refuses_any_other_varying_parameter():
+    from chat.compiled import CompiledQuery
+
+    first, second = conversation_with(2), conversation_with(3)
+    contents = CompiledQuery(
+        lambda cid: Turn.objects.filter(conversation_id=cid).order_by("seq").values_list("content")
+    )
+    for conversation_id in (first, second, first):
+        expected = [list(row) for row in Turn.objects.filter(conversation_id=conversation_id).order_by("seq")
+                    .values_list("content")]
+        assert queries(lambda cid=conversation_id: contents.rows(cid)) == 1
+        assert contents.rows(conversation_id) == expected and len(expected) > 1
+    assert contents.rows(uuid.uuid4()) == []
+
+    with pytest.raises(ValueError, match="only varying parameter"):
+        CompiledQuery(lambda cid: Turn.objects.filter(conversation_id=cid, created_at__lte=timezone.now())).rows(first)
+    with pytest.raises(ValueError, match="only varying parameter"):
+        CompiledQuery(lambda cid: Turn.objects.filter(role="user")).rows(first)
