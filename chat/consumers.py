@@ -48,14 +48,16 @@ def session_conversation_attach(
     Raises a refusal (``CustomerError``) over the flood limits (open sockets, new conversations); the
     lease is held until ``limits.socket_close`` (or its expiry, if this process dies first).
     """
-    session.load()  # forgets a key the store doesn't hold, or that has expired
-    if session.session_key is None:
+    if session.session_key is not None:
+        session.load()  # forgets a key the store doesn't hold, or that has expired
+    fresh = session.session_key is None
+    if fresh:
         session.create()
     where = {"session_key": session.session_key, "client_address": client_address}
     lease = limits.socket_open(**where)
     try:
-        attached = conversation_attach(
-            **where, new=new, before_start=lambda: limits.conversation_start_admit(**where)
+        attached = conversation_attach(  # a session made just now has no conversation to look up
+            **where, new=new or fresh, before_start=lambda: limits.conversation_start_admit(**where)
         )
         # A customer the company's website signed in is verified before the greeting (chat.identity).
         identity.conversation_sign_in(

@@ -24,7 +24,7 @@ from chat.secrets import mask_arguments, mask_text, mask_value
 def conversation_start(*, session_key: str, client_address: str | None = None) -> Conversation:
     """A new conversation for the browser session, its system prompt stored as the first turn."""
     conversation = Conversation.objects.create(session_key=session_key, client_address=client_address)
-    Turn.objects.create(conversation=conversation, seq=0, role=Turn.Role.SYSTEM, content=SYSTEM_PROMPT)
+    _turns_insert_rows([Turn(conversation=conversation, seq=0, role=Turn.Role.SYSTEM, content=SYSTEM_PROMPT)])
     return conversation
 
 
