@@ -15,9 +15,10 @@ Each customer plays the seed's conversation (the greeting, then three messages: 
 calls); a *turn* is one greeting or customer message, from send (or connect) to ``idle``. The table gives
 daphne's CPU per turn from the server processes' own counters (``/proc/<pid>/stat`` utime + stime, taken
 around the measured run, after a warm-up conversation; on the bare arm's rows, the CPU its clients took
-in this process, for comparison), turns/s, turn p50 / p99, the p50 added over the
-bare loop's, and errors (error frames, failed sockets). The per-address flood limits are raised through
-the environment: every customer here comes from 127.0.0.1.
+in this process, for comparison), turns/s, turn p50 / p99, the p50 added over the bare loop's, errors
+(error frames, failed sockets), and how busy the whole machine was meanwhile (all cores, from
+``/proc/stat``: near 100 %, the machine and not the server is the limit). The per-address flood limits
+are raised through the environment: every customer here comes from 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Run:
     errors: int = 0
     elapsed: float = 0.0
     cpu_seconds: float | None = None
+    machine_busy: float | None = None  # share of all the machine's cores busy during the run
 
     def p(self, share: float) -> float:
         ordered = sorted(self.turns) or [float("nan")]
@@ -238,6 +240,22 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> Non
     raise SystemExit(f"{what} did not start")
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine, all cores, from ``/proc/stat``."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def measured(load_run: Any) -> Run:
+    """Run ``load(...)``, noting how busy the whole machine was meanwhile (the server, or the machine?)."""
+    busy, total = machine_ticks()
+    run = asyncio.run(load_run)
+    busy_after, total_after = machine_ticks()
+    run.machine_busy = (busy_after - busy) / max(1, total_after - total)
+    return run
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the process, from the kernel's own counters."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -309,7 +327,7 @@ def measure_product(setup: str, customers: list[int], model_url: str, options: a
             for count in customers:
                 rounds = conversations_per_customer(count, options.min_turns)
                 before = sum(cpu_seconds(server.pid) for server in servers)
-                run = asyncio.run(load(count, rounds, lambda n, r, k: product_customer(ports, n, r, k)))
+                run = measured(load(count, rounds, lambda n, r, k: product_customer(ports, n, r, k)))
                 run.cpu_seconds = sum(cpu_seconds(server.pid) for server in servers) - before
                 results[count] = run
                 print(f"  {setup:<11} {count:>4} customers: {len(run.turns)} turns in {run.elapsed:.1f} s",
@@ -346,8 +364,9 @@ def row(name: str, count: int, run: Run, bare: Run | None) -> str:
     cpu = f"{run.cpu_seconds / turns * 1000:.1f} ms" if run.cpu_seconds is not None and turns else "—"
     added = f"{(run.p(0.5) - bare.p(0.5)) * 1000:+.0f} ms" if bare else "—"
     ratio = f"{run.p(0.5) / bare.p(0.5):.2f}×" if bare else "—"
+    busy = f"{run.machine_busy:.0%}" if run.machine_busy is not None else "—"
     return (f"| {name} | {count} | {cpu} | {turns / run.elapsed:.1f} | {run.p(0.5) * 1000:.0f} ms | "
-            f"{run.p(0.99) * 1000:.0f} ms | {added} ({ratio}) | {run.errors} |")
+            f"{run.p(0.99) * 1000:.0f} ms | {added} ({ratio}) | {run.errors} | {busy} |")
 
 
 def main() -> None:
@@ -379,7 +398,7 @@ def main() -> None:
         for count in options.customers:
             rounds = conversations_per_customer(count, options.min_turns)
             before = time.process_time()  # this process runs only the bare clients (the model has its own)
-            bare[count] = asyncio.run(load(count, rounds, lambda n, r, k: bare_customer(model_url, schemas, r, k)))
+            bare[count] = measured(load(count, rounds, lambda n, r, k: bare_customer(model_url, schemas, r, k)))
             bare[count].cpu_seconds = time.process_time() - before
         product = {setup: measure_product(setup, options.customers, model_url, options) for setup in options.setups}
     finally:
@@ -388,8 +407,9 @@ def main() -> None:
     print(f"\nseed conversation (greeting + {len(SEED)} messages, 6 model calls, 2 tool calls); model: first token "
           f"after {options.ttft_ms:.0f} ms, a word every {options.gap_ms:.0f} ms; {os.cpu_count()} cores; "
           f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
-    print("| arm | customers | server CPU per turn | turns/s | turn p50 | turn p99 | p50 added over bare | errors |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| arm | customers | server CPU per turn | turns/s | turn p50 | turn p99 | p50 added over bare | errors "
+          "| machine busy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for count in options.customers:
         print(row("bare AsyncOpenAI loop", count, bare[count], None))
         for setup, runs in product.items():
