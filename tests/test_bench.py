@@ -1,0 +1,30 @@
+"""The benchmark still runs: both arms, a real daphne, its table with every column. A smoke run of a few
+turns, asserting what it printed, never how fast (speed is measured with ``make bench``, not in tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_benchmark_runs_both_arms_and_prints_its_table():
+    result = subprocess.run(
+        [sys.executable, "scripts/bench.py", "--setups", "sqlite", "--customers", "1", "--min-turns", "4",
+         "--ttft-ms", "5", "--gap-ms", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
+            if line.startswith("| ")]
+    header, _, bare, product = rows
+    assert header[-1] == "machine busy" and len(header) == 9
+    assert bare[:2] == ["bare AsyncOpenAI loop", "1"] and product[:2] == ["sqlite", "1"]
+    for measured in (bare, product):
+        assert float(measured[2].removesuffix(" ms")) > 0, measured  # CPU per turn, from the counters
+        assert float(measured[3]) > 0  # turns/s
+        assert measured[7] == "0", result.stderr[-3000:]  # errors
+        assert 0 <= int(measured[8].removesuffix("%")) <= 100
+    assert product[6].endswith("×)")  # the p50 added over the bare loop's
