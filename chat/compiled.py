@@ -45,6 +45,8 @@ class CompiledQuery:
             varying = [i for i, (a, b) in enumerate(zip(params, other_params, strict=True)) if a != b]
             if other_sql != sql or len(varying) != 1 or params[varying[0]] != _prepared(_PLACEHOLDERS[0]):
                 raise ValueError(f"the conversation's id must be the only varying parameter of: {sql}")
+            # Kept with the compiler (and the connection of the thread that compiled it): the converters only
+            # turn values into Python objects (UUIDs, datetimes, JSON) and never use that connection's socket.
             converters = compiler.get_converters([expression for expression, _, _ in compiler.select])
             statement = self._statements[connection.alias] = (sql, params, varying[0], compiler, converters)
         return statement
