@@ -14,11 +14,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from asgiref.sync import ThreadSensitiveContext, async_to_sync
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext, async_to_sync
 from django.db import connection, connections
 
 from chat import db
 from chat.db import database_sync_to_async
+from tests.support.sockets import attached, new_session_key, say
 
 ROOT = Path(__file__).resolve().parent.parent
 on_postgresql = pytest.mark.skipif(connection.vendor != "postgresql", reason="needs a PostgreSQL server")
@@ -56,6 +57,27 @@ async def test_a_thread_sensitive_context_keeps_its_crossings_on_its_own_thread(
     outside = await asyncio.gather(*(database_sync_to_async(slow_ident)() for _ in range(6)))
     assert len(set(inside)) == 1
     assert len(set(outside)) > 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("chat_model")
+async def test_a_sockets_messages_cross_to_a_thread_only_for_the_database_work_they_do(monkeypatch):
+    """Channels' dispatch ran ``close_old_connections`` on the database thread before every message of a
+    socket (connect, each frame, disconnect): a crossing each, queued behind the turns'. Here the only
+    crossings are the database work itself, which tidies the connection around itself."""
+    crossed: list[str] = []
+    original = SyncToAsync.__call__
+
+    def recording(self, *args, **kwargs):
+        crossed.append(getattr(self.func, "__name__", repr(self.func)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", recording)
+    communicator = await attached(await new_session_key())
+    await say(communicator, "Hello there")
+    await communicator.disconnect()
+    assert crossed, "the socket did no database work at all"
+    assert "close_old_connections" not in crossed, str(crossed)
 
 
 @pytest.mark.parametrize(
