@@ -63,7 +63,8 @@ async def test_a_thread_sensitive_context_keeps_its_crossings_on_its_own_thread(
 @pytest.mark.usefixtures("chat_model")
 async def test_a_sockets_messages_cross_to_a_thread_only_for_the_database_work_they_do(monkeypatch):
     """Channels' dispatch ran ``close_old_connections`` on the database thread before every message of a
-    socket (connect, each frame, disconnect): a crossing each, queued behind the turns'. Here the only
+    socket (connect, each frame, disconnect), and its ``AuthMiddleware`` looked the user up at every
+    handshake: a crossing each, queued behind the turns'. A customer's socket is anonymous; its only
     crossings are the database work itself, which tidies the connection around itself."""
     crossed: list[str] = []
     original = SyncToAsync.__call__
@@ -78,6 +79,7 @@ async def test_a_sockets_messages_cross_to_a_thread_only_for_the_database_work_t
     await communicator.disconnect()
     assert crossed, "the socket did no database work at all"
     assert "close_old_connections" not in crossed, str(crossed)
+    assert "get_user" not in crossed, str(crossed)
 
 
 @pytest.mark.parametrize(
