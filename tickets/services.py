@@ -12,7 +12,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, transaction
-from django.db.models import Exists, Q
+from django.db.models import Count, Exists, Q
 from django.utils import timezone
 
 from tickets.models import ApiKey, Ticket, TicketComment, Verification, VerificationAttempt
@@ -87,22 +87,23 @@ def apikey_authenticate(*, username: str, raw_key: str) -> ApiKey | None:
     """The active key of the active customer these are (with its customer), or None. Constant-time compare."""
     digest = apikey_digest(raw_key)
     candidates = list(
-        ApiKey.objects.filter(
+        ApiKey.objects.filter(  # the customer's active keys, each with its customer: one query
             customer__username=username,
             customer__is_active=True,
             customer__is_staff=False,
             customer__is_superuser=False,
             revoked_at__isnull=True,
-        ).values_list("id", "customer_id", "digest")
+        ).select_related("customer")
     )
     match = None
-    for key_id, customer_id, stored in candidates or [(None, None, _NO_KEY_DIGEST)]:
-        if hmac.compare_digest(stored, digest) and key_id is not None:
-            match = (key_id, customer_id)
+    for key in candidates or [ApiKey(digest=_NO_KEY_DIGEST)]:
+        if hmac.compare_digest(key.digest, digest) and key.pk is not None:
+            match = key
     if match is None:
         return None
-    ApiKey.objects.filter(id=match[0]).update(last_used_at=timezone.now())
-    return ApiKey.objects.select_related("customer").get(id=match[0])
+    match.last_used_at = timezone.now()
+    ApiKey.objects.filter(id=match.pk).update(last_used_at=match.last_used_at)
+    return match
 
 
 def apikey_known(raw_value: str) -> bool:
@@ -127,12 +128,17 @@ def verification_locked(*, username: str, conversation_id: object, client_addres
     since = timezone.now() - timedelta(seconds=settings.VERIFY_LOCKOUT_SECONDS)
     failures = VerificationAttempt.objects.filter(succeeded=False, created_at__gte=since)
     from_here = Q(client_address=client_address) if client_address else Q(client_address__isnull=True)
-    limit = settings.VERIFY_MAX_FAILURES
-    if failures.filter((Q(username=username) & from_here) | Q(conversation_id=conversation_id)).count() >= limit:
-        return True
-    if client_address:
-        return failures.filter(client_address=client_address).count() >= settings.VERIFY_MAX_FAILURES_PER_ADDRESS
-    return False
+    mine = (Q(username=username) & from_here) | Q(conversation_id=conversation_id)
+    if not client_address:
+        return failures.filter(mine).count() >= settings.VERIFY_MAX_FAILURES
+    address = Q(client_address=client_address)
+    counts = failures.filter(mine | address).aggregate(  # both counts in one query
+        mine=Count("pk", filter=mine), address=Count("pk", filter=address)
+    )
+    return (
+        counts["mine"] >= settings.VERIFY_MAX_FAILURES
+        or counts["address"] >= settings.VERIFY_MAX_FAILURES_PER_ADDRESS
+    )
 
 
 @transaction.atomic
