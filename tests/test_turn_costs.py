@@ -4,7 +4,11 @@ and bytes sent to the model per call."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,3 +200,16 @@ def test_a_compiled_query_runs_the_orms_sql_per_conversation_and_refuses_any_oth
         CompiledQuery(lambda cid: Turn.objects.filter(conversation_id=cid, created_at__lte=timezone.now())).rows(first)
     with pytest.raises(ValueError, match="only varying parameter"):
         CompiledQuery(lambda cid: Turn.objects.filter(role="user")).rows(first)
+
+
+def test_a_served_process_never_walks_the_loaded_app_again_and_collects_young_objects_less_often():
+    """What daphne (or any ASGI server) loading ``supportsite.asgi`` gets: the app it loaded is frozen out
+    of the garbage collector's passes, and young collections come every 10 000 allocations, not 700."""
+    shown = subprocess.run(
+        [sys.executable, "-c", "import gc, supportsite.asgi; print(gc.get_freeze_count(), *gc.get_threshold())"],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=True,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "supportsite.settings"},
+    )
+    frozen, young, *_ = map(int, shown.stdout.split())
+    assert frozen > 50_000  # Django, Channels, the project: the loaded app
+    assert young == 10_000
