@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import json
+import operator
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -222,16 +224,23 @@ def _mask_earlier_turns(conversation: Conversation, secrets: list[str]) -> None:
     """Mask the secrets in every earlier turn, of every role, from where each was first given on.
 
     A secret can only be echoed after it was given (by the customer, or in a tool call's arguments), so
-    what stands before that (the greeting asking for an "API key") is left as it was written.
+    what stands before that (the greeting asking for an "API key") is left as it was written. One query
+    reads the turns that may hold any of the secrets; which hold each one, and where it was given, is
+    decided here, case-insensitively (a case-insensitive match can only move "given" earlier: more is
+    masked, never less), and each changed turn is written once.
     """
+    may_hold = functools.reduce(
+        operator.or_,
+        (Q(content__icontains=s) | Q(tool_calls__icontains=s) | Q(result__icontains=s) for s in secrets),
+    )
+    turns = list(conversation.turns.filter(may_hold).exclude(role=Turn.Role.SYSTEM).order_by("seq"))
+    changed: dict[int, Turn] = {}
     for secret in secrets:
-        holding = conversation.turns.filter(
-            Q(content__contains=secret) | Q(tool_calls__icontains=secret) | Q(result__icontains=secret)
-        ).exclude(role=Turn.Role.SYSTEM)
-        given = holding.filter(Q(role=Turn.Role.USER) | Q(tool_calls__icontains=secret)).order_by("seq").first()
-        if given is not None:
-            holding = holding.filter(seq__gte=given.seq)
+        holding = [turn for turn in turns if _holds(turn, secret)]
+        given = next((t for t in holding if t.role == Turn.Role.USER or _holds_in(t.tool_calls, secret)), None)
         for turn in holding:
+            if given is not None and turn.seq < given.seq:
+                continue
             turn.content = mask_text(turn.content, [secret])
             if turn.tool_calls:
                 turn.tool_calls = [
@@ -240,4 +249,17 @@ def _mask_earlier_turns(conversation: Conversation, secrets: list[str]) -> None:
                     for call in turn.tool_calls
                 ]
             turn.result = mask_value(turn.result, [secret])
-            turn.save(update_fields=["content", "tool_calls", "result"])
+            changed[turn.pk] = turn
+    for turn in changed.values():
+        turn.save(update_fields=["content", "tool_calls", "result"])
+
+
+def _holds(turn: Turn, secret: str) -> bool:
+    return secret.casefold() in turn.content.casefold() or _holds_in(turn.tool_calls, secret) or _holds_in(
+        turn.result, secret
+    )
+
+
+def _holds_in(value: Any, secret: str) -> bool:
+    """Whether a JSON value holds the secret anywhere, keys and all, as ``icontains`` on its text would."""
+    return value is not None and secret.casefold() in json.dumps(value, ensure_ascii=False).casefold()

@@ -9,9 +9,12 @@ import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from chat.models import Turn
+from chat import services
+from chat.models import Conversation, Turn
 from chat.secrets import MASK
 from tests.support.driver import Chat
 from tests.support.models import calls, say_text
@@ -192,3 +195,34 @@ def test_a_turn_asks_the_digests_about_each_word_once_and_still_masks_every_time
     for _ in range(3):
         assert small.mask_text("one two three s3cret-key four") == f"one two three {MASK} four"
     assert len(small._verdicts) <= 2
+
+
+def test_secrets_learnt_together_are_masked_from_where_each_was_given_with_one_read_of_the_turns():
+    """Two secrets learnt in one step: each is masked in every earlier turn from the one where it was given
+    on (the customer's message, or a tool call's arguments), whatever the case of its first mention, and
+    left alone before that; the earlier turns are read once, whatever the number of secrets."""
+    conversation = Conversation.objects.create(session_key="s")
+    services.turns_append(conversation_id=conversation.id, messages=[
+        {"role": "assistant", "content": "Say alpha-77 or BETA-88 to begin."},  # before either was given
+        {"role": "user", "content": "My code is Alpha-77, and alpha-77 it is."},  # alpha given (any case)
+        {"role": "assistant", "content": "Noted alpha-77; now beta-88?"},  # beta not given yet: kept
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "verify_user", "arguments": '{"k": "beta-88"}'}},
+        ]},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"echo": "beta-88 alpha-77"}'},
+    ], tool_results={"c1": (False, {"echo": "beta-88 alpha-77"})})
+    with CaptureQueriesContext(connection) as queries:
+        services.turns_append(
+            conversation_id=conversation.id, messages=[{"role": "assistant", "content": "Done."}],
+            new_secrets=["alpha-77", "beta-88"],
+        )
+    turns = list(conversation.turns.exclude(role=Turn.Role.SYSTEM).order_by("seq"))
+    assert [turn.content for turn in turns[:3]] == [
+        "Say alpha-77 or BETA-88 to begin.",
+        f"My code is Alpha-77, and {MASK} it is.",
+        f"Noted {MASK}; now beta-88?",
+    ]
+    assert turns[3].tool_calls[0]["function"]["arguments"] == f'{{"k": "{MASK}"}}'
+    assert turns[4].result == {"echo": f"{MASK} {MASK}"}
+    reads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT") and "chat_turn" in q["sql"]]
+    assert len([sql for sql in reads if "MAX" not in sql]) == 1, reads
