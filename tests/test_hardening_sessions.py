@@ -6,13 +6,16 @@ from __future__ import annotations
 import io
 import re
 from datetime import timedelta
+from importlib import import_module
 
 import pytest
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.core.management import call_command
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from tests.support.sockets import open_chat
@@ -61,3 +64,18 @@ def test_purge_transcripts_clears_expired_sessions():
     Session.objects.filter(session_key=expired.session_key).update(expire_date=timezone.now() - timedelta(days=1))
     call_command("purge_transcripts", "--older-than", "30", stdout=io.StringIO())
     assert list(Session.objects.values_list("session_key", flat=True)) == [current.session_key]
+
+
+def test_a_new_session_is_one_insert_and_a_taken_key_is_drawn_again(monkeypatch):
+    """The engine asks nothing before saving a new session's key; a key already taken (a collision the
+    database refuses) is drawn again, never shared."""
+    taken = import_module(settings.SESSION_ENGINE).SessionStore()
+    taken.create()
+    draws = iter([taken.session_key, "k" * 32])
+    monkeypatch.setattr("supportsite.sessions.get_random_string", lambda length, chars: next(draws))
+    fresh = import_module(settings.SESSION_ENGINE).SessionStore()
+    with CaptureQueriesContext(connection) as queries:
+        fresh.create()
+    assert fresh.session_key == "k" * 32
+    assert Session.objects.filter(session_key__in=[taken.session_key, fresh.session_key]).count() == 2
+    assert not [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT")]
