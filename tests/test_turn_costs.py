@@ -148,6 +148,22 @@ def test_the_locked_fetch_gives_the_orms_row_and_refuses_an_unknown_id():
         services.conversation_locked(uuid.uuid4())
 
 
+def test_a_started_conversation_is_the_row_the_orms_create_would_store():
+    """``conversation_start`` writes its row as one written-out insert: read back, it is what the ORM's
+    ``create`` with the same arguments stores, but for the id, the session and the times."""
+    started = services.conversation_start(session_key="s1", client_address="203.0.113.9")
+    by_orm = Conversation.objects.create(session_key="s2", client_address="203.0.113.9")
+    stored, reference = Conversation.objects.get(id=started.id), Conversation.objects.get(id=by_orm.id)
+    differ = {"id", "session_key", "created_at", "updated_at"}
+    fields = [f.attname for f in Conversation._meta.concrete_fields]
+    assert {f: getattr(stored, f) for f in fields if f not in differ} == {
+        f: getattr(reference, f) for f in fields if f not in differ
+    }
+    assert {f: getattr(started, f) for f in fields} == {f: getattr(stored, f) for f in fields}
+    assert stored.session_key == "s1" and stored.created_at.tzinfo is not None and not started._state.adding
+    assert list(stored.turns.values_list("seq", "role")) == [(0, "system")]
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite locks the whole database instead")
 def test_the_locked_fetch_holds_the_row_until_the_transaction_ends():
     import psycopg
