@@ -2,6 +2,7 @@
 
     make bench                                  # the default matrix (a few minutes)
     .venv/bin/python scripts/bench.py --customers 1 100 --setups sqlite pg-redis-2
+    .venv/bin/python scripts/bench.py --customers 100 --rounds 3   # medians of 3 rounds, CPU with its range
 
 Both arms talk to the same local OpenAI-compatible test server (started here, in its own process),
 which answers like the builtin model after ``--ttft-ms`` and streams a word every ``--gap-ms``:
@@ -359,14 +360,30 @@ def tool_schemas() -> list[dict[str, Any]]:
 # THE TABLE
 
 
-def row(name: str, count: int, run: Run, bare: Run | None) -> str:
-    turns = len(run.turns)
-    cpu = f"{run.cpu_seconds / turns * 1000:.1f} ms" if run.cpu_seconds is not None and turns else "—"
-    added = f"{(run.p(0.5) - bare.p(0.5)) * 1000:+.0f} ms" if bare else "—"
-    ratio = f"{run.p(0.5) / bare.p(0.5):.2f}×" if bare else "—"
-    busy = f"{run.machine_busy:.0%}" if run.machine_busy is not None else "—"
-    return (f"| {name} | {count} | {cpu} | {turns / run.elapsed:.1f} | {run.p(0.5) * 1000:.0f} ms | "
-            f"{run.p(0.99) * 1000:.0f} ms | {added} ({ratio}) | {run.errors} | {busy} |")
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def row(name: str, count: int, runs: list[Run], bares: list[Run] | None) -> str:
+    """A row of the table: with several rounds, each figure is the median of the rounds' (the CPU with
+    its range), the p50 added is each round's against that round's bare loop, errors are summed."""
+    cpus = [run.cpu_seconds / len(run.turns) * 1000 for run in runs if run.cpu_seconds is not None and run.turns]
+    cpu = f"{median(cpus):.1f} ms" if cpus else "—"
+    if len(cpus) > 1:
+        cpu += f" ({min(cpus):.1f}–{max(cpus):.1f})"
+    turns_per_second = median([len(run.turns) / run.elapsed for run in runs])
+    p50, p99 = median([run.p(0.5) for run in runs]), median([run.p(0.99) for run in runs])
+    if bares:
+        added = f"{median([(r.p(0.5) - b.p(0.5)) * 1000 for r, b in zip(runs, bares, strict=True)]):+.0f} ms"
+        ratio = f"{median([r.p(0.5) / b.p(0.5) for r, b in zip(runs, bares, strict=True)]):.2f}×"
+    else:
+        added, ratio = "—", "—"
+    busy_shares = [run.machine_busy for run in runs if run.machine_busy is not None]
+    busy = f"{median(busy_shares):.0%}" if busy_shares else "—"
+    return (f"| {name} | {count} | {cpu} | {turns_per_second:.1f} | {p50 * 1000:.0f} ms | "
+            f"{p99 * 1000:.0f} ms | {added} ({ratio}) | {sum(run.errors for run in runs)} | {busy} |")
 
 
 def main() -> None:
@@ -379,6 +396,9 @@ def main() -> None:
     parser.add_argument("--pg", default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bench_speed"))
     parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10"))
     parser.add_argument("--logs", help="keep the daphne processes' output in this folder")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure the whole matrix this many times, each setup on fresh stores and servers, "
+                             "and print the medians (rows move by 10-20%% between runs on a shared machine)")
     parser.add_argument("--serve-model", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.serve_model:
@@ -394,19 +414,27 @@ def main() -> None:
         schemas = tool_schemas()
         import openai  # noqa: F401 - imported before the bare arm's clock starts (about a second of CPU)
 
-        bare: dict[int, Run] = {}
-        for count in options.customers:
-            rounds = conversations_per_customer(count, options.min_turns)
-            before = time.process_time()  # this process runs only the bare clients (the model has its own)
-            bare[count] = measured(load(count, rounds, lambda n, r, k: bare_customer(model_url, schemas, r, k)))
-            bare[count].cpu_seconds = time.process_time() - before
-        product = {setup: measure_product(setup, options.customers, model_url, options) for setup in options.setups}
+        bare: dict[int, list[Run]] = {count: [] for count in options.customers}
+        product: dict[str, dict[int, list[Run]]] = {s: {c: [] for c in options.customers} for s in options.setups}
+        for number in range(options.rounds):  # each round: the bare loop, then every setup afresh
+            if options.rounds > 1:
+                print(f"round {number + 1} of {options.rounds}", file=sys.stderr)
+            for count in options.customers:
+                rounds = conversations_per_customer(count, options.min_turns)
+                before = time.process_time()  # this process runs only the bare clients (the model has its own)
+                run = measured(load(count, rounds, lambda n, r, k: bare_customer(model_url, schemas, r, k)))
+                run.cpu_seconds = time.process_time() - before
+                bare[count].append(run)
+            for setup in options.setups:
+                for count, run in measure_product(setup, options.customers, model_url, options).items():
+                    product[setup][count].append(run)
     finally:
         model.terminate()
         model.wait(10)
     print(f"\nseed conversation (greeting + {len(SEED)} messages, 6 model calls, 2 tool calls); model: first token "
           f"after {options.ttft_ms:.0f} ms, a word every {options.gap_ms:.0f} ms; {os.cpu_count()} cores; "
-          f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+          f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+          + (f"; medians of {options.rounds} rounds" if options.rounds > 1 else "") + "\n")
     print("| arm | customers | server CPU per turn | turns/s | turn p50 | turn p99 | p50 added over bare | errors "
           "| machine busy |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
