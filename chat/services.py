@@ -33,9 +33,7 @@ def conversation_start(*, session_key: str, client_address: str | None = None) -
 
 def customer_message_wait(*, conversation_id: uuid.UUID, text: str) -> None:
     """Store a customer message on arrival; a turn takes it with ``waiting_message_take``."""
-    created_at = WaitingMessage._meta.get_field("created_at").get_db_prep_save(timezone.now(), connection)
-    with connection.cursor() as cursor:
-        cursor.execute(_WAITING_ADD, [_pk(conversation_id), text, created_at])
+    _rows_insert([WaitingMessage(conversation_id=conversation_id, text=text)])  # every message: written out
 
 
 def conversation_locked(conversation_id: uuid.UUID) -> Conversation:
@@ -152,7 +150,6 @@ _WAITING_TAKE = (
     "DELETE FROM chat_waitingmessage WHERE id = "
     "(SELECT MIN(id) FROM chat_waitingmessage WHERE conversation_id = %s) RETURNING text"
 )
-_WAITING_ADD = "INSERT INTO chat_waitingmessage (conversation_id, text, created_at) VALUES (%s, %s, %s)"
 _CONVERSATION_ATTNAMES = [field.attname for field in Conversation._meta.concrete_fields]
 
 _CONVERSATION_LOCKED = CompiledQuery(  # selects every concrete field, in the model's order
