@@ -51,12 +51,22 @@ class CompiledQuery:
             statement = self._statements[connection.alias] = (sql, params, varying[0], compiler, converters)
         return statement
 
-    def rows(self, conversation_id: uuid.UUID) -> list[Any]:
-        """The queryset's rows for this conversation, each a list of its selected columns' values."""
-        sql, params, position, compiler, converters = self._statement()
+    def statement(self, conversation_id: uuid.UUID) -> tuple[str, list[Any]]:
+        """The SQL and parameters for this conversation, to run with other statements (``converted`` its rows)."""
+        sql, params, position, _, _ = self._statement()
         params = [*params]
         params[position] = _prepared(conversation_id)
+        return sql, params
+
+    def converted(self, rows: list[tuple[Any, ...]]) -> list[Any]:
+        """Rows as the database gave them, as the ORM gives them: each a list of its columns' values."""
+        _, _, _, compiler, converters = self._statement()
+        return list(compiler.apply_converters(rows, converters)) if converters else [list(row) for row in rows]
+
+    def rows(self, conversation_id: uuid.UUID) -> list[Any]:
+        """The queryset's rows for this conversation, each a list of its selected columns' values."""
+        sql, params = self.statement(conversation_id)
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
-        return list(compiler.apply_converters(rows, converters)) if converters else [list(row) for row in rows]
+        return self.converted(rows)

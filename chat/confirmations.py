@@ -71,15 +71,23 @@ def confirmation_decide(*, conversation_id: uuid.UUID, confirm_id: uuid.UUID, ap
 def confirmations_supersede(*, conversation_id: uuid.UUID) -> bool:
     """The customer wrote instead of answering: every pending question of the conversation is dropped.
     True when there was one (a turn waits on it)."""
+    sql, params = confirmations_supersede_statement(conversation_id=conversation_id)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return bool(cursor.fetchall())
+
+
+def confirmations_supersede_statement(*, conversation_id: uuid.UUID) -> tuple[str, list[Any]]:
+    """``confirmations_supersede``'s statement, to run with others: a row for each question dropped."""
     # Written out (every customer message runs it, and there is rarely a card): the ORM's update costs ~4x.
     decided_at = Confirmation._meta.get_field("decided_at").get_db_prep_save(timezone.now(), connection)
     conversation = Confirmation._meta.get_field("conversation").get_db_prep_save(conversation_id, connection)
-    with connection.cursor() as cursor:
-        cursor.execute(_SUPERSEDE, [State.SUPERSEDED.value, decided_at, conversation, State.PENDING.value])
-        return cursor.rowcount > 0
+    return _SUPERSEDE, [State.SUPERSEDED.value, decided_at, conversation, State.PENDING.value]
 
 
-_SUPERSEDE = "UPDATE chat_confirmation SET state = %s, decided_at = %s WHERE conversation_id = %s AND state = %s"
+_SUPERSEDE = (
+    "UPDATE chat_confirmation SET state = %s, decided_at = %s WHERE conversation_id = %s AND state = %s RETURNING id"
+)
 
 
 def confirmations_expire_all(*, conversation_id: uuid.UUID) -> None:

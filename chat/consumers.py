@@ -15,7 +15,7 @@ from chat.confirmations import (
     confirmation_decide,
     confirmation_wake,
     confirmations_expire_all,
-    confirmations_supersede,
+    confirmations_supersede_statement,
 )
 from chat.db import database_sync_to_async
 from chat.frames import ConfirmFrame, HumanFrame, parse_client_frame
@@ -78,8 +78,13 @@ def customer_message_arrive(
     Writing instead of answering a pending card drops it: True when one was (the turn waiting on it must
     be woken, to go on to this message)."""
     limits.message_admit(session_key=session_key, client_address=client_address)
-    services.customer_message_wait(conversation_id=conversation_id, text=text)
-    return confirmations_supersede(conversation_id=conversation_id)
+    _, superseded = services.statements_run(  # one round trip on PostgreSQL, one transaction
+        [
+            services.customer_message_wait_statement(conversation_id=conversation_id, text=text),
+            confirmations_supersede_statement(conversation_id=conversation_id),
+        ]
+    )
+    return bool(superseded)
 
 
 def _turn_name(conversation_id: uuid.UUID) -> str:

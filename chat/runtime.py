@@ -224,13 +224,13 @@ def turn_start(conversation_id: uuid.UUID, customer_text: str | None = None) -> 
     """One database step to start a turn: queue ``customer_text`` (when given) behind the messages already
     waiting, take the oldest waiting one, store it as the customer's turn (masked) and read the history
     before it, in one transaction. Past ``CHAT_MAX_CUSTOMER_MESSAGES`` the message is taken and not stored
-    (``too_long``). Queries stay the same however long the conversation is, but for the history itself.
+    (``too_long``). Queries stay the same however long the conversation is, but for the history itself; on
+    PostgreSQL they go in two round trips (``services.statements_run``), besides ``BEGIN`` and ``COMMIT``.
     """
-    conversation = services.conversation_locked(conversation_id)
-    if customer_text is not None:
-        services.customer_message_wait(conversation_id=conversation_id, text=customer_text)
-    text = services.waiting_message_take(conversation=conversation)
-    history = selectors.conversation_history(conversation_id=conversation_id)
+    conversation, text, rows = services.turn_take(
+        conversation_id, customer_text=customer_text, reading=selectors.HISTORY
+    )
+    history = selectors.history_messages(rows)
     context = ToolContext(conversation_id, conversation.customer_id, conversation.client_address)
     start = TurnStart(
         history, context, conversation_secret_keeper(conversation), conversation.holder, customer_text=text

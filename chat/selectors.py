@@ -48,7 +48,7 @@ def turn_as_message(turn: Turn | Any) -> dict[str, Any]:
     return message
 
 
-_HISTORY = CompiledQuery(  # rows, not models, compiled once: read at the start of every turn
+HISTORY = CompiledQuery(  # rows, not models, compiled once: read at the start of every turn (``history_messages``)
     lambda conversation_id: Turn.objects.filter(conversation_id=conversation_id, role__in=API_ROLES)
     .order_by("seq")
     .values_list(*MESSAGE_FIELDS)
@@ -58,8 +58,12 @@ _MessageRow = namedtuple("_MessageRow", MESSAGE_FIELDS)
 
 def conversation_history(*, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
     """The conversation as the model API receives it, system prompt first."""
-    turns = [_MessageRow(*row) for row in _HISTORY.rows(conversation_id)]
-    return messages_valid_for_api([turn_as_message(turn) for turn in turns])
+    return history_messages(HISTORY.rows(conversation_id))
+
+
+def history_messages(rows: list[Any]) -> list[dict[str, Any]]:
+    """``HISTORY``'s rows as the model API receives them."""
+    return messages_valid_for_api([turn_as_message(_MessageRow(*row)) for row in rows])
 
 
 def conversation_replay_frames(*, conversation_id: uuid.UUID) -> list[protocol.Frame]:

@@ -8,7 +8,7 @@ import hmac
 import json
 import operator
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -21,19 +21,28 @@ from chat.models import Conversation, Turn, WaitingMessage
 from chat.prompts import SYSTEM_PROMPT
 from chat.secrets import mask_arguments, mask_text, mask_value
 
+Statement = tuple[str, list[Any]]  # SQL and its parameters, to run with others (``statements_run``)
 
-@transaction.atomic
+
 def conversation_start(*, session_key: str, client_address: str | None = None) -> Conversation:
     """A new conversation for the browser session, its system prompt stored as the first turn."""
     conversation = Conversation(session_key=session_key, client_address=client_address)
-    _rows_insert([conversation])  # written out, as a turn's insert: the ORM's create cost ~4 times the statement
-    _turns_insert_rows([Turn(conversation=conversation, seq=0, role=Turn.Role.SYSTEM, content=SYSTEM_PROMPT)])
+    system = Turn(conversation=conversation, seq=0, role=Turn.Role.SYSTEM, content=SYSTEM_PROMPT)
+    # Written out, as a turn's insert (the ORM's create cost ~4 times the statement): one query on PostgreSQL.
+    _, system_ids = statements_run([_rows_insert_statement([conversation]), _rows_insert_statement([system], "id")])
+    (system.pk,) = system_ids[0]
+    _saved([conversation, system])
     return conversation
 
 
 def customer_message_wait(*, conversation_id: uuid.UUID, text: str) -> None:
-    """Store a customer message on arrival; a turn takes it with ``waiting_message_take``."""
+    """Store a customer message on arrival; a turn takes it with ``turn_take``."""
     _rows_insert([WaitingMessage(conversation_id=conversation_id, text=text)])  # every message: written out
+
+
+def customer_message_wait_statement(*, conversation_id: uuid.UUID, text: str) -> Statement:
+    """``customer_message_wait``'s statement, to run with others (``statements_run``)."""
+    return _rows_insert_statement([WaitingMessage(conversation_id=conversation_id, text=text)])
 
 
 def conversation_locked(conversation_id: uuid.UUID) -> Conversation:
@@ -45,23 +54,32 @@ def conversation_locked(conversation_id: uuid.UUID) -> Conversation:
     return Conversation.from_db(connection.alias, _CONVERSATION_ATTNAMES, rows[0])
 
 
-def waiting_message_take(*, conversation: Conversation) -> str | None:
-    """Delete the conversation's oldest waiting message and return its text (None when none waits).
+def turn_take(
+    conversation_id: uuid.UUID, *, customer_text: str | None = None, reading: CompiledQuery
+) -> tuple[Conversation, str | None, list[Any]]:
+    """Lock the conversation's row, queue ``customer_text`` (when given) behind the messages already waiting,
+    take (delete) the oldest waiting one, and read ``reading``'s rows (the turn's history): one round trip on
+    PostgreSQL. The conversation, the text taken (None when none waits) and the rows.
 
-    Call inside the transaction that locked the conversation's row and stores the text as a turn, so it is
-    taken exactly once.
+    Call inside the transaction that stores the text as a turn, so it is taken exactly once. Raises
+    ``DoesNotExist`` for an unknown conversation.
     """
-    with connection.cursor() as cursor:
-        cursor.execute(_WAITING_TAKE, [_pk(conversation.id)])
-        row = cursor.fetchone()
-    return row[0] if row else None
+    statements = [_CONVERSATION_LOCKED.statement(conversation_id)]
+    if customer_text is not None:
+        statements.append(customer_message_wait_statement(conversation_id=conversation_id, text=customer_text))
+    statements += [(_WAITING_TAKE, [_pk(conversation_id)]), reading.statement(conversation_id)]
+    locked, *_, taken, rows = statements_run(statements)
+    if not locked:
+        raise Conversation.DoesNotExist(f"no conversation {conversation_id}")
+    (values,) = _CONVERSATION_LOCKED.converted(locked)
+    conversation = Conversation.from_db(connection.alias, _CONVERSATION_ATTNAMES, values)
+    return conversation, (taken[0][0] if taken else None), reading.converted(rows)
 
 
 def conversation_verify(*, conversation_id: uuid.UUID, customer_id: int) -> None:
     Conversation.objects.filter(id=conversation_id).update(customer_id=customer_id)
 
 
-@transaction.atomic
 def turns_append(
     *,
     conversation_id: uuid.UUID,
@@ -70,8 +88,8 @@ def turns_append(
     tool_results: Mapping[str, tuple[bool, Any]] | None = None,
     new_secrets: Iterable[str] = (),
 ) -> list[Turn]:
-    """Append API-format messages (already masked) in order; ``meta`` (model, latency, tokens …) goes on
-    the first.
+    """Append API-format messages (already masked) in order, as one transaction; ``meta`` (model, latency,
+    tokens …) goes on the first.
 
     ``tool_results`` maps a tool message's ``tool_call_id`` to (failed, what the tool returned), stored
     beside the message. ``new_secrets``, learnt with these messages, join the conversation's digests and
@@ -79,13 +97,14 @@ def turns_append(
     """
     new_secrets = [secret for secret in new_secrets if secret]
     if new_secrets:  # rare: the row itself is needed
-        conversation = conversation_locked(conversation_id)
-        return turns_insert(
-            conversation=conversation, messages=messages, meta=meta, tool_results=tool_results,
-            new_secrets=new_secrets,
-        )
-    _conversation_touch(conversation_id)  # locks the row first: turns are numbered one append at a time
-    return _turns_create(conversation_id, messages, meta, tool_results)
+        with transaction.atomic():
+            conversation = conversation_locked(conversation_id)
+            return turns_insert(
+                conversation=conversation, messages=messages, meta=meta, tool_results=tool_results,
+                new_secrets=new_secrets,
+            )
+    # The touch locks the row first: turns are numbered one append at a time. One query on PostgreSQL.
+    return _turns_create(conversation_id, messages, meta, tool_results, first=[_touch_statement(conversation_id)])
 
 
 def turns_insert(
@@ -98,12 +117,11 @@ def turns_insert(
 ) -> list[Turn]:
     """``turns_append`` for a conversation whose row this transaction has already locked."""
     new_secrets = [secret for secret in new_secrets if secret]
-    if new_secrets:
-        _mask_earlier_turns(conversation, new_secrets)
-        conversation.secret_digests = sorted({*conversation.secret_digests, *map(secret_digest, new_secrets)})
-        conversation.save(update_fields=["updated_at", "secret_digests"])
-    else:
-        _conversation_touch(conversation.id)
+    if not new_secrets:
+        return _turns_create(conversation.id, messages, meta, tool_results, first=[_touch_statement(conversation.id)])
+    _mask_earlier_turns(conversation, new_secrets)
+    conversation.secret_digests = sorted({*conversation.secret_digests, *map(secret_digest, new_secrets)})
+    conversation.save(update_fields=["updated_at", "secret_digests"])
     return _turns_create(conversation.id, messages, meta, tool_results)
 
 
@@ -112,19 +130,21 @@ def _turns_create(
     messages: list[dict[str, Any]],
     meta: dict[str, Any] | None,
     tool_results: Mapping[str, tuple[bool, Any]] | None,
+    first: Sequence[Statement] = (),
 ) -> list[Turn]:
+    """Insert the messages as the conversation's next turns, numbered by the insert itself, after the
+    statements ``first`` (in one query, and one transaction, with them)."""
     tool_results = tool_results or {}
-    seq = turn_next_seq(conversation_id)
     tool_names = {
         call["id"]: call["function"]["name"] for message in messages for call in message.get("tool_calls") or []
     }
     turns = []
-    for offset, message in enumerate(messages):
+    for offset, message in enumerate(messages, start=1):
         failed, result = tool_results.get(message.get("tool_call_id", ""), (False, None))
         turns.append(
             Turn(
                 conversation_id=conversation_id,
-                seq=seq + offset,
+                seq=offset,  # after the last turn: the statement adds the conversation's MAX(seq)
                 role=message["role"],
                 content=message.get("content") or "",
                 tool_calls=message.get("tool_calls"),
@@ -132,10 +152,13 @@ def _turns_create(
                 name=tool_names.get(message.get("tool_call_id", ""), ""),
                 is_error=failed,
                 result=result,
-                **((meta or {}) if offset == 0 else {}),
+                **((meta or {}) if offset == 1 else {}),
             )
         )
-    _turns_insert_rows(turns)
+    *_, returned = statements_run([*first, _rows_insert_statement(turns, returning="id, seq", numbered=True)])
+    for turn, (pk, seq) in zip(turns, sorted(returned, key=operator.itemgetter(1)), strict=True):
+        turn.pk, turn.seq = pk, seq  # in the order given: their numbers rise with it
+    _saved(turns)
     return turns
 
 
@@ -145,6 +168,9 @@ def _turns_create(
 # project runs on (SQLite >= 3.35 and PostgreSQL: both have RETURNING). Values go through the fields' own
 # ``pre_save`` and ``get_db_prep_save``, as the ORM's insert does (``_pk`` for the conversation's id).
 _NEXT_SEQ = "SELECT COALESCE(MAX(seq), 0) + 1 FROM chat_turn WHERE conversation_id = %s"
+# A turn's number, in its insert: the statement's own snapshot does not see the rows it inserts, so the
+# turns of one insert are numbered after the same last turn (PostgreSQL and SQLite alike).
+_SEQ_AFTER_LAST = "(SELECT COALESCE(MAX(seq), 0) FROM chat_turn WHERE conversation_id = %s) + %s"
 _TOUCH = "UPDATE chat_conversation SET updated_at = %s WHERE id = %s"
 _WAITING_TAKE = (
     "DELETE FROM chat_waitingmessage WHERE id = "
@@ -156,6 +182,32 @@ _CONVERSATION_LOCKED = CompiledQuery(  # selects every concrete field, in the mo
     lambda conversation_id: Conversation.objects.select_for_update().filter(id=conversation_id)
 )
 
+def statements_run(statements: list[Statement]) -> list[list[tuple[Any, ...]]]:
+    """Run the statements in order, as one transaction (or in the caller's), and give each one's rows
+    ([] for a statement that returns none).
+
+    On PostgreSQL they are sent as one query: one round trip instead of one each, plus the ``BEGIN`` and
+    ``COMMIT`` of a transaction (outside one, the server runs a query of several statements as a single
+    transaction). Each statement still reads what the ones before it wrote, and what other transactions
+    committed before it began: under READ COMMITTED every statement takes its own snapshot, so a row one
+    statement locks is read fresh by the next, as when they go one at a time. SQLite has no round trips to
+    save (and takes one statement per call): they run one by one, in a transaction.
+    """
+    db = connections[connection.alias]
+    if db.vendor == "postgresql" and not db.settings_dict["OPTIONS"].get("server_side_binding"):
+        with db.cursor() as cursor:  # client-side binding (Django's default): a simple query, many statements
+            cursor.execute("; ".join(sql for sql, _ in statements), [p for _, params in statements for p in params])
+            results = [cursor.fetchall() if cursor.description else []]
+            while cursor.nextset():
+                results.append(cursor.fetchall() if cursor.description else [])
+        return results
+    with transaction.atomic(using=db.alias, savepoint=False), db.cursor() as cursor:
+        results = []
+        for sql, params in statements:
+            cursor.execute(sql, params)
+            results.append(cursor.fetchall() if cursor.description else [])
+        return results
+
 
 @functools.cache
 def _insert_fields(model: type[models.Model]) -> tuple[Any, ...]:
@@ -164,34 +216,43 @@ def _insert_fields(model: type[models.Model]) -> tuple[Any, ...]:
     return tuple(f for f in model._meta.local_concrete_fields if not (f.primary_key and f.db_returning))
 
 
-def _rows_insert(rows: list[Any], returning: str = "") -> list[tuple[Any, ...]]:
-    """Insert model instances of one model in one statement, as ``bulk_create`` would; what
-    ``returning`` names comes back, one tuple per row, in no promised order."""
+def _rows_insert_statement(rows: list[Any], returning: str = "", numbered: bool = False) -> Statement:
+    """The statement inserting model instances of one model, as ``bulk_create`` would; ``numbered`` (turns):
+    each turn's ``seq`` is its place after the conversation's last turn (``_SEQ_AFTER_LAST``)."""
     model = type(rows[0])
     fields = _insert_fields(model)
     db = connections[connection.alias]  # the proxy costs a context-local lookup per use: 16 per row
-    params = [field.get_db_prep_save(field.pre_save(row, True), db) for row in rows for field in fields]
-    with db.cursor() as cursor:
-        cursor.execute(_insert_sql(model, db.alias, len(rows), returning), params)
-        returned = cursor.fetchall() if returning else []
+    params = []
     for row in rows:
-        row._state.adding, row._state.db = False, db.alias
+        for field in fields:
+            value = field.get_db_prep_save(field.pre_save(row, True), db)
+            params.extend((_pk(row.conversation_id), value) if numbered and field.name == "seq" else (value,))
+    return _insert_sql(model, db.alias, len(rows), returning, numbered), params
+
+
+def _rows_insert(rows: list[Any], returning: str = "") -> list[tuple[Any, ...]]:
+    """Insert model instances of one model in one statement; what ``returning`` names comes back, one tuple
+    per row, in no promised order."""
+    sql, params = _rows_insert_statement(rows, returning)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        returned = cursor.fetchall() if returning else []
+    _saved(rows)
     return returned
 
 
-def _turns_insert_rows(turns: list[Turn]) -> None:
-    """Insert the turns in one statement and give each its id."""
-    ids = {seq: pk for pk, seq in _rows_insert(turns, returning="id, seq")}  # matched by seq
-    for turn in turns:
-        turn.pk = ids[turn.seq]
+def _saved(rows: Iterable[models.Model]) -> None:
+    """Mark instances inserted by hand as the ORM marks those it saves."""
+    for row in rows:
+        row._state.adding, row._state.db = False, connection.alias
 
 
 @functools.lru_cache(maxsize=32)
-def _insert_sql(model: type[models.Model], alias: str, rows: int, returning: str) -> str:
+def _insert_sql(model: type[models.Model], alias: str, rows: int, returning: str, numbered: bool = False) -> str:
     quote = connections[alias].ops.quote_name
     fields = _insert_fields(model)
     columns = ", ".join(quote(field.column) for field in fields)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    row = "(" + ", ".join(_SEQ_AFTER_LAST if numbered and f.name == "seq" else "%s" for f in fields) + ")"
     return (
         f"INSERT INTO {quote(model._meta.db_table)} ({columns}) "  # noqa: S608 - names only
         f"VALUES {', '.join([row] * rows)}" + (f" RETURNING {returning}" if returning else "")
@@ -209,11 +270,10 @@ def turn_next_seq(conversation_id: uuid.UUID) -> int:
         return cursor.fetchone()[0]
 
 
-def _conversation_touch(conversation_id: uuid.UUID) -> None:
+def _touch_statement(conversation_id: uuid.UUID) -> Statement:
     """Mark the conversation updated, which also locks its row until the transaction ends."""
     now = Conversation._meta.get_field("updated_at").get_db_prep_value(timezone.now(), connection)
-    with connection.cursor() as cursor:
-        cursor.execute(_TOUCH, [now, _pk(conversation_id)])
+    return _TOUCH, [now, _pk(conversation_id)]
 
 
 def turn_record_error(*, conversation_id: uuid.UUID, code: str, message: str) -> Turn:
