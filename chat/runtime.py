@@ -169,6 +169,8 @@ class ConversationTools:
         return await database_sync_to_async(self.toolbox.run)(call, self.context, approved=approved)
 
     async def prepare(self, call: ToolCall) -> ConfirmRequest | ToolOutcome | None:
+        if not self.toolbox.asks_first(call):  # nothing to ask, nothing to read: no crossing
+            return None
         return await database_sync_to_async(self.toolbox.prepare)(call, self.context)
 
 

@@ -176,13 +176,18 @@ class Toolbox:
         JSON object for a known tool, else ``{}`` (never text that may hold a secret no parser found)."""
         return call.arguments if self._known_arguments(call) is not None else "{}"
 
+    def asks_first(self, call: ToolCall) -> bool:
+        """Whether the call names a tool that changes data: only those have anything to ``prepare``."""
+        tool = self.tools.get(call.name)
+        return tool is not None and tool.changes_data is not None
+
     def prepare(self, call: ToolCall, context: ToolContext) -> ConfirmRequest | ToolOutcome | None:
         """For a call of a tool that changes data: what to ask the customer, or the outcome that answers
         the call without asking (arguments that do not validate, the tool's ``check`` failing). None for
         every other call: it simply runs."""
-        tool = self.tools.get(call.name)
-        if tool is None or tool.changes_data is None:
+        if not self.asks_first(call):
             return None
+        tool = self.tools[call.name]
         arguments = self._validated(tool, call)
         if isinstance(arguments, ToolOutcome):
             return arguments

@@ -19,6 +19,8 @@ from django.db import connection, connections
 
 from chat import db
 from chat.db import database_sync_to_async
+from tests.support.driver import Chat
+from tests.support.models import calls, say_text
 from tests.support.sockets import attached, new_session_key, say
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +82,27 @@ async def test_a_sockets_messages_cross_to_a_thread_only_for_the_database_work_t
     assert crossed, "the socket did no database work at all"
     assert "close_old_connections" not in crossed, str(crossed)
     assert "get_user" not in crossed, str(crossed)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_tool_call_crosses_to_ask_first_only_when_the_tool_changes_data(chat_model, monkeypatch):
+    """A call of a tool that only reads has nothing to prepare: it crosses once, to run."""
+    crossed: list[str] = []
+    original = SyncToAsync.__call__
+
+    def recording(self, *args, **kwargs):
+        crossed.append(getattr(self.func, "__name__", repr(self.func)))
+        return original(self, *args, **kwargs)
+
+    chat = await Chat.start()
+    monkeypatch.setattr(SyncToAsync, "__call__", recording)
+    chat_model.queue(calls(("get_ticket_status", {"ticket_id": "12345"})), say_text("Please verify first."))
+    await chat.say("Where is ticket 12345?")
+    assert crossed.count("run") == 1 and "prepare" not in crossed, crossed
+    crossed.clear()
+    chat_model.queue(calls(("create_ticket", {"issue": "Refund", "description": "Twice charged."})), say_text("No."))
+    await chat.say("Open a ticket for me.")
+    assert "prepare" in crossed, crossed  # asked first (and refused: nobody is verified)
 
 
 @pytest.mark.parametrize(
