@@ -29,7 +29,7 @@ def conversation_start(*, session_key: str, client_address: str | None = None) -
     conversation = Conversation(session_key=session_key, client_address=client_address)
     system = Turn(conversation=conversation, seq=0, role=Turn.Role.SYSTEM, content=SYSTEM_PROMPT)
     # Written out, as a turn's insert (the ORM's create cost ~4 times the statement): one query on PostgreSQL.
-    _, system_ids = statements_run([_rows_insert_statement([conversation]), _rows_insert_statement([system], "id")])
+    _, system_ids = statements_run([rows_insert_statement([conversation]), rows_insert_statement([system], "id")])
     (system.pk,) = system_ids[0]
     _saved([conversation, system])
     return conversation
@@ -42,7 +42,7 @@ def customer_message_wait(*, conversation_id: uuid.UUID, text: str) -> None:
 
 def customer_message_wait_statement(*, conversation_id: uuid.UUID, text: str) -> Statement:
     """``customer_message_wait``'s statement, to run with others (``statements_run``)."""
-    return _rows_insert_statement([WaitingMessage(conversation_id=conversation_id, text=text)])
+    return rows_insert_statement([WaitingMessage(conversation_id=conversation_id, text=text)])
 
 
 def conversation_locked(conversation_id: uuid.UUID) -> Conversation:
@@ -78,6 +78,11 @@ def turn_take(
 
 def conversation_verify(*, conversation_id: uuid.UUID, customer_id: int) -> None:
     Conversation.objects.filter(id=conversation_id).update(customer_id=customer_id)
+
+
+def conversation_verify_statement(*, conversation_id: uuid.UUID, customer_id: int) -> Statement:
+    """``conversation_verify``'s statement, to run with others (``statements_run``)."""
+    return _VERIFY, [customer_id, _pk(conversation_id)]
 
 
 def turns_append(
@@ -155,7 +160,7 @@ def _turns_create(
                 **((meta or {}) if offset == 1 else {}),
             )
         )
-    *_, returned = statements_run([*first, _rows_insert_statement(turns, returning="id, seq", numbered=True)])
+    *_, returned = statements_run([*first, rows_insert_statement(turns, returning="id, seq", numbered=True)])
     for turn, (pk, seq) in zip(turns, sorted(returned, key=operator.itemgetter(1)), strict=True):
         turn.pk, turn.seq = pk, seq  # in the order given: their numbers rise with it
     _saved(turns)
@@ -172,6 +177,7 @@ _NEXT_SEQ = "SELECT COALESCE(MAX(seq), 0) + 1 FROM chat_turn WHERE conversation_
 # turns of one insert are numbered after the same last turn (PostgreSQL and SQLite alike).
 _SEQ_AFTER_LAST = "(SELECT COALESCE(MAX(seq), 0) FROM chat_turn WHERE conversation_id = %s) + %s"
 _TOUCH = "UPDATE chat_conversation SET updated_at = %s WHERE id = %s"
+_VERIFY = "UPDATE chat_conversation SET customer_id = %s WHERE id = %s"
 _WAITING_TAKE = (
     "DELETE FROM chat_waitingmessage WHERE id = "
     "(SELECT MIN(id) FROM chat_waitingmessage WHERE conversation_id = %s) RETURNING text"
@@ -216,7 +222,7 @@ def _insert_fields(model: type[models.Model]) -> tuple[Any, ...]:
     return tuple(f for f in model._meta.local_concrete_fields if not (f.primary_key and f.db_returning))
 
 
-def _rows_insert_statement(rows: list[Any], returning: str = "", numbered: bool = False) -> Statement:
+def rows_insert_statement(rows: list[Any], returning: str = "", numbered: bool = False) -> Statement:
     """The statement inserting model instances of one model, as ``bulk_create`` would; ``numbered`` (turns):
     each turn's ``seq`` is its place after the conversation's last turn (``_SEQ_AFTER_LAST``)."""
     model = type(rows[0])
@@ -233,7 +239,7 @@ def _rows_insert_statement(rows: list[Any], returning: str = "", numbered: bool 
 def _rows_insert(rows: list[Any], returning: str = "") -> list[tuple[Any, ...]]:
     """Insert model instances of one model in one statement; what ``returning`` names comes back, one tuple
     per row, in no promised order."""
-    sql, params = _rows_insert_statement(rows, returning)
+    sql, params = rows_insert_statement(rows, returning)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         returned = cursor.fetchall() if returning else []

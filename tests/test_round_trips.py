@@ -148,7 +148,7 @@ def test_statements_run_together_are_one_transaction():
     conversation_id = conversation_with_turns(1)
     before = Conversation.objects.get(id=conversation_id).updated_at
     touch = services._touch_statement(conversation_id)
-    repeated = services._rows_insert_statement([Turn(conversation_id=conversation_id, seq=0, role="user")])
+    repeated = services.rows_insert_statement([Turn(conversation_id=conversation_id, seq=0, role="user")])
     with pytest.raises(IntegrityError):  # seq 0 is the system prompt's
         services.statements_run([touch, repeated])
     assert Conversation.objects.get(id=conversation_id).updated_at == before
@@ -197,3 +197,27 @@ def test_turns_stored_together_keep_the_order_given_and_their_numbers():
     assert [(t.seq, t.content) for t in turns] == [(n + 2, f"part {n}") for n in range(12)]
     stored = {t.pk: (t.seq, t.content) for t in Turn.objects.filter(conversation_id=conversation_id)}
     assert all(stored[t.pk] == (t.seq, t.content) for t in turns)
+
+
+@postgresql_only
+def test_a_customer_verified_by_key_is_written_in_one_round_trip(demo_data):
+    from chat.agent import ToolCall
+    from chat.toolbox import Toolbox, ToolContext
+    from tickets import tools
+    from tickets.models import ApiKey, Verification, VerificationAttempt
+
+    conversation = services.conversation_start(session_key="s" * 32, client_address="198.51.100.7")
+    context = ToolContext(conversation.id, None, conversation.client_address)
+    call = ToolCall("call_1", "verify_user", '{"username": "john_doe", "api_key": "key"}')
+    with sent_queries() as sent:
+        outcome = Toolbox([tools.verify_user]).run(call, context)
+    assert outcome.result == {"success": True}
+    writes = [query for query in sent if not query.startswith("SELECT")]
+    assert len(writes) == 1, sent  # the key's use, the attempt, the verification, the conversation's customer
+    assert not {"BEGIN", "COMMIT"} & set(sent), sent
+    john = ApiKey.objects.get(customer__username="john_doe")
+    assert john.last_used_at is not None
+    assert VerificationAttempt.objects.get(conversation_id=conversation.id).succeeded is True
+    assert Verification.objects.get(conversation_id=conversation.id).api_key_id == john.pk
+    conversation.refresh_from_db()
+    assert conversation.customer_id == context.customer_id == john.customer_id

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -15,6 +16,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Exists, Q
 from django.utils import timezone
 
+from chat.services import conversation_verify_statement, rows_insert_statement, statements_run
 from tickets.models import ApiKey, Ticket, TicketComment, Verification, VerificationAttempt
 from tickets.selectors import ticket_get_for_customer, tickets_created_since, verifications_holding
 
@@ -84,7 +86,17 @@ def customer_authenticate(*, username: str, raw_key: str) -> User | None:
 
 
 def apikey_authenticate(*, username: str, raw_key: str) -> ApiKey | None:
-    """The active key of the active customer these are (with its customer), or None. Constant-time compare."""
+    """The active key of the active customer these are (with its customer), or None. Constant-time compare.
+    A key that matches is marked used."""
+    match = apikey_match(username=username, raw_key=raw_key)
+    if match is not None:
+        match.last_used_at = timezone.now()
+        ApiKey.objects.filter(id=match.pk).update(last_used_at=match.last_used_at)
+    return match
+
+
+def apikey_match(*, username: str, raw_key: str) -> ApiKey | None:
+    """``apikey_authenticate`` without marking the key used (the caller writes that with its own writes)."""
     digest = apikey_digest(raw_key)
     candidates = list(
         ApiKey.objects.filter(  # the customer's active keys, each with its customer: one query
@@ -99,10 +111,6 @@ def apikey_authenticate(*, username: str, raw_key: str) -> ApiKey | None:
     for key in candidates or [ApiKey(digest=_NO_KEY_DIGEST)]:
         if hmac.compare_digest(key.digest, digest) and key.pk is not None:
             match = key
-    if match is None:
-        return None
-    match.last_used_at = timezone.now()
-    ApiKey.objects.filter(id=match.pk).update(last_used_at=match.last_used_at)
     return match
 
 
@@ -111,9 +119,29 @@ def apikey_known(raw_value: str) -> bool:
     return ApiKey.objects.filter(digest=apikey_digest(raw_value)).exists()
 
 
-def verification_record(*, conversation_id: object, key: ApiKey) -> None:
-    """The conversation is verified as the key's customer, for as long as the key and customer hold."""
-    Verification.objects.create(conversation_id=conversation_id, customer_id=key.customer_id, api_key=key)
+def verification_by_key_record(
+    *, key: ApiKey, username: str, conversation_id: uuid.UUID, client_address: str | None
+) -> None:
+    """A successful ``verify_user``, written together (one transaction; one query on PostgreSQL, where each
+    write would be a round trip and a commit): the key marked used, the attempt, the verification, and the
+    conversation's customer."""
+    key.last_used_at = timezone.now()
+    used = ApiKey._meta.get_field("last_used_at").get_db_prep_save(key.last_used_at, connection)
+    attempt = VerificationAttempt(
+        username=username, conversation_id=conversation_id, client_address=client_address, succeeded=True
+    )
+    verification = Verification(conversation_id=conversation_id, customer_id=key.customer_id, api_key=key)
+    statements_run(
+        [
+            (_KEY_USED, [used, key.pk]),
+            rows_insert_statement([attempt]),
+            rows_insert_statement([verification]),
+            conversation_verify_statement(conversation_id=conversation_id, customer_id=key.customer_id),
+        ]
+    )
+
+
+_KEY_USED = "UPDATE tickets_apikey SET last_used_at = %s WHERE id = %s"
 
 
 def verification_record_signed(*, conversation_id: object, customer_id: int, signer: str) -> None:

@@ -10,7 +10,6 @@ from django.conf import settings
 from django.utils import timezone
 from pydantic import Field, SecretStr
 
-from chat.services import conversation_verify
 from chat.toolbox import ToolContext, ToolError, changes_data
 from tickets.models import Ticket
 from tickets.selectors import (
@@ -21,13 +20,13 @@ from tickets.selectors import (
 )
 from tickets.services import (
     TicketLimitReached,
-    apikey_authenticate,
     apikey_known,
+    apikey_match,
     ticket_comment_add_for_customer,
     ticket_create_for_customer,
     verification_attempt_record,
+    verification_by_key_record,
     verification_locked,
-    verification_record,
 )
 
 NOT_VERIFIED = (
@@ -52,12 +51,11 @@ def verify_user(
     where = {"conversation_id": context.conversation_id, "client_address": context.client_address}
     if verification_locked(username=username, **where):
         raise ToolError(LOCKED, details={"success": False})
-    key = None if username == KEY_AS_USERNAME else apikey_authenticate(username=username, raw_key=raw_key)
-    verification_attempt_record(username=username, succeeded=key is not None, **where)
+    key = None if username == KEY_AS_USERNAME else apikey_match(username=username, raw_key=raw_key)
     if key is None:
+        verification_attempt_record(username=username, succeeded=False, **where)
         return {"success": False}
-    verification_record(conversation_id=context.conversation_id, key=key)
-    conversation_verify(conversation_id=context.conversation_id, customer_id=key.customer_id)
+    verification_by_key_record(key=key, username=username, **where)
     context.customer_id = key.customer_id
     return {"success": True}
 
