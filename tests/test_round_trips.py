@@ -221,3 +221,16 @@ def test_a_customer_verified_by_key_is_written_in_one_round_trip(demo_data):
     assert Verification.objects.get(conversation_id=conversation.id).api_key_id == john.pk
     conversation.refresh_from_db()
     assert conversation.customer_id == context.customer_id == john.customer_id
+
+
+def test_text_that_looks_like_sql_or_placeholders_is_stored_as_written():
+    """Statements sent together are one query text on PostgreSQL: every value is still a bound literal."""
+    nasty = ["'; DROP TABLE chat_turn; --", "%s %(x)s %% {}", "back\\slash \\' \\\\", "$$dollar$$ $tag$", "ünï😀", ";"]
+    conversation_id = conversation_with_turns(1)
+    for text in nasty:
+        services.customer_message_wait(conversation_id=conversation_id, text=text)
+        assert turn_start(conversation_id).customer_text == text
+    replies = [{"role": "assistant", "content": text} for text in nasty]
+    services.turns_append(conversation_id=conversation_id, messages=replies)
+    stored = Turn.objects.filter(conversation_id=conversation_id, seq__gt=1).order_by("seq")
+    assert list(stored.values_list("content", flat=True)) == nasty + nasty
