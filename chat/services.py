@@ -37,7 +37,7 @@ def conversation_start(*, session_key: str, client_address: str | None = None) -
 
 def customer_message_wait(*, conversation_id: uuid.UUID, text: str) -> None:
     """Store a customer message on arrival; a turn takes it with ``turn_take``."""
-    _rows_insert([WaitingMessage(conversation_id=conversation_id, text=text)])  # every message: written out
+    statements_run([customer_message_wait_statement(conversation_id=conversation_id, text=text)])
 
 
 def customer_message_wait_statement(*, conversation_id: uuid.UUID, text: str) -> Statement:
@@ -48,7 +48,11 @@ def customer_message_wait_statement(*, conversation_id: uuid.UUID, text: str) ->
 def conversation_locked(conversation_id: uuid.UUID) -> Conversation:
     """The conversation, its row locked until the transaction ends: ``select_for_update().get(id=…)``,
     compiled once per database (a turn starts with it). Raises ``DoesNotExist``."""
-    rows = _CONVERSATION_LOCKED.rows(conversation_id)
+    return _conversation_from(conversation_id, _CONVERSATION_LOCKED.rows(conversation_id))
+
+
+def _conversation_from(conversation_id: uuid.UUID, rows: list[Any]) -> Conversation:
+    """The conversation of ``_CONVERSATION_LOCKED``'s (converted) rows; ``DoesNotExist`` when none."""
     if not rows:
         raise Conversation.DoesNotExist(f"no conversation {conversation_id}")
     return Conversation.from_db(connection.alias, _CONVERSATION_ATTNAMES, rows[0])
@@ -69,10 +73,7 @@ def turn_take(
         statements.append(customer_message_wait_statement(conversation_id=conversation_id, text=customer_text))
     statements += [(_WAITING_TAKE, [_pk(conversation_id)]), reading.statement(conversation_id)]
     locked, *_, taken, rows = statements_run(statements)
-    if not locked:
-        raise Conversation.DoesNotExist(f"no conversation {conversation_id}")
-    (values,) = _CONVERSATION_LOCKED.converted(locked)
-    conversation = Conversation.from_db(connection.alias, _CONVERSATION_ATTNAMES, values)
+    conversation = _conversation_from(conversation_id, _CONVERSATION_LOCKED.converted(locked))
     return conversation, (taken[0][0] if taken else None), reading.converted(rows)
 
 
@@ -234,17 +235,6 @@ def rows_insert_statement(rows: list[Any], returning: str = "", numbered: bool =
             value = field.get_db_prep_save(field.pre_save(row, True), db)
             params.extend((_pk(row.conversation_id), value) if numbered and field.name == "seq" else (value,))
     return _insert_sql(model, db.alias, len(rows), returning, numbered), params
-
-
-def _rows_insert(rows: list[Any], returning: str = "") -> list[tuple[Any, ...]]:
-    """Insert model instances of one model in one statement; what ``returning`` names comes back, one tuple
-    per row, in no promised order."""
-    sql, params = rows_insert_statement(rows, returning)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        returned = cursor.fetchall() if returning else []
-    _saved(rows)
-    return returned
 
 
 def _saved(rows: Iterable[models.Model]) -> None:
