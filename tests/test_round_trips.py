@@ -12,15 +12,20 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.db import IntegrityError, connection, connections
+from django.test import override_settings
 from django.utils import timezone
 
 from chat import services
 from chat.models import Conversation, Turn
 from chat.runtime import turn_start
+from tickets.models import VerificationAttempt
+from tickets.services import apikey_issue, apikey_known, apikey_match, verification_check, verification_locked
+from tickets.tools import KEY_AS_USERNAME
 
 pytestmark = pytest.mark.django_db(transaction=True)
 postgresql_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite has no round trips")
@@ -200,7 +205,7 @@ def test_turns_stored_together_keep_the_order_given_and_their_numbers():
 
 
 @postgresql_only
-def test_a_customer_verified_by_key_is_written_in_one_round_trip(demo_data):
+def test_a_customer_verified_by_key_is_read_in_one_round_trip_and_written_in_one(demo_data):
     from chat.agent import ToolCall
     from chat.toolbox import Toolbox, ToolContext
     from tickets import tools
@@ -212,9 +217,9 @@ def test_a_customer_verified_by_key_is_written_in_one_round_trip(demo_data):
     with sent_queries() as sent:
         outcome = Toolbox([tools.verify_user]).run(call, context)
     assert outcome.result == {"success": True}
-    writes = [query for query in sent if not query.startswith("SELECT")]
-    assert len(writes) == 1, sent  # the key's use, the attempt, the verification, the conversation's customer
-    assert not {"BEGIN", "COMMIT"} & set(sent), sent
+    reads, writes = sent  # no BEGIN or COMMIT either
+    assert reads.startswith("SELECT") and reads.count("SELECT") == 4, reads  # known key? failures? keys?
+    assert writes.startswith("UPDATE"), writes  # the key's use, the attempt, the verification, the customer
     john = ApiKey.objects.get(customer__username="john_doe")
     assert john.last_used_at is not None
     assert VerificationAttempt.objects.get(conversation_id=conversation.id).succeeded is True
@@ -234,3 +239,59 @@ def test_text_that_looks_like_sql_or_placeholders_is_stored_as_written():
     services.turns_append(conversation_id=conversation_id, messages=replies)
     stored = Turn.objects.filter(conversation_id=conversation_id, seq__gt=1).order_by("seq")
     assert list(stored.values_list("content", flat=True)) == nasty + nasty
+
+
+@pytest.mark.parametrize(
+    ("username", "raw_key", "address"),
+    [
+        ("john_doe", "key", "198.51.100.7"),
+        ("john_doe", "wrong", "198.51.100.7"),
+        ("john_doe", "key", None),
+        ("jane-key", "anything", "198.51.100.7"),  # another customer's key given as the username
+        ("key", "key", None),
+        ("staff", "staff-key", "198.51.100.7"),  # staff never verify, even with a key of their own
+        ("nobody", "key", "203.0.113.9"),
+    ],
+)
+def test_verify_users_reads_asked_together_answer_as_the_three_asked_one_by_one(demo_data, username, raw_key, address):
+    """``verification_check`` against ``apikey_known``, ``verification_locked`` and ``apikey_match``, with
+    failures recorded under the username, under a key given as username, in the conversation, from the
+    address and from elsewhere, below and at the limits (both backends)."""
+    from django.contrib.auth.models import User
+
+    apikey_issue(customer=User.objects.get(username="staff"), raw_key="staff-key")
+    conversation_id = uuid.uuid4()
+    here = {"conversation_id": conversation_id, "client_address": address}
+
+    def one_by_one() -> tuple[bool, bool, object]:
+        is_key = username == raw_key or apikey_known(username)
+        name = KEY_AS_USERNAME if is_key else username
+        key = None if is_key else apikey_match(username=username, raw_key=raw_key)
+        return is_key, verification_locked(username=name, **here), key and (key.pk, key.customer_id)
+
+    def together() -> tuple[bool, bool, object]:
+        check = verification_check(username=username, raw_key=raw_key, key_as_username=KEY_AS_USERNAME, **here)
+        return check.username_is_key, check.locked, check.key and (check.key.pk, check.key.customer_id)
+
+    failures = [  # each name reaches its limit at a different point
+        {"username": KEY_AS_USERNAME, "conversation_id": uuid.uuid4(), "client_address": address},
+        {"username": KEY_AS_USERNAME, "conversation_id": uuid.uuid4(), "client_address": address},
+        {"username": username, "conversation_id": uuid.uuid4(), "client_address": "192.0.2.1"},  # elsewhere
+        {"username": username, "conversation_id": uuid.uuid4(), "client_address": address},
+        {"username": "someone", "conversation_id": conversation_id, "client_address": "192.0.2.1"},
+        {"username": "someone", "conversation_id": uuid.uuid4(), "client_address": address},
+        {"username": username, "conversation_id": uuid.uuid4(), "client_address": address},
+    ]
+    seen = set()
+    with override_settings(VERIFY_MAX_FAILURES=2, VERIFY_MAX_FAILURES_PER_ADDRESS=4):
+        assert together() == one_by_one()
+        for failure in failures:
+            VerificationAttempt.objects.create(succeeded=False, **failure)
+            answer = together()
+            assert answer == one_by_one(), failure
+            seen.add(answer[1])
+    old = timezone.now() - timedelta(days=1)
+    VerificationAttempt.objects.update(created_at=old)  # all past the lockout window
+    assert together() == one_by_one()
+    assert not together()[1]
+    assert seen == {False, True}, "the failures reached a lock"

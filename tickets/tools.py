@@ -20,13 +20,11 @@ from tickets.selectors import (
 )
 from tickets.services import (
     TicketLimitReached,
-    apikey_known,
-    apikey_match,
     ticket_comment_add_for_customer,
     ticket_create_for_customer,
     verification_attempt_record,
     verification_by_key_record,
-    verification_locked,
+    verification_check,
 )
 
 NOT_VERIFIED = (
@@ -44,19 +42,19 @@ def verify_user(
 ) -> dict[str, Any]:
     """Verify the customer's identity with their username and API key; needed before ticket lookups."""
     raw_key = api_key.get_secret_value()
-    if username == raw_key or apikey_known(username):
+    where = {"conversation_id": context.conversation_id, "client_address": context.client_address}
+    check = verification_check(username=username, raw_key=raw_key, key_as_username=KEY_AS_USERNAME, **where)
+    if check.username_is_key:
         # A key given as the username is a secret like any key: masked, and never kept as a username.
         context.revealed.append(username)
         username = KEY_AS_USERNAME
-    where = {"conversation_id": context.conversation_id, "client_address": context.client_address}
-    if verification_locked(username=username, **where):
+    if check.locked:
         raise ToolError(LOCKED, details={"success": False})
-    key = None if username == KEY_AS_USERNAME else apikey_match(username=username, raw_key=raw_key)
-    if key is None:
+    if check.key is None:
         verification_attempt_record(username=username, succeeded=False, **where)
         return {"success": False}
-    verification_by_key_record(key=key, username=username, **where)
-    context.customer_id = key.customer_id
+    verification_by_key_record(key=check.key, username=username, **where)
+    context.customer_id = check.key.customer_id
     return {"success": True}
 
 
