@@ -13,7 +13,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, connections, models, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from chat.compiled import CompiledQuery
@@ -102,13 +101,14 @@ def turns_append(
     are masked in the earlier turns that hold them, in the same transaction.
     """
     new_secrets = [secret for secret in new_secrets if secret]
-    if new_secrets:  # rare: the row itself is needed
-        with transaction.atomic():
-            conversation = conversation_locked(conversation_id)
-            return turns_insert(
-                conversation=conversation, messages=messages, meta=meta, tool_results=tool_results,
-                new_secrets=new_secrets,
+    if new_secrets:  # rare (a verification): the earlier turns are read, to be masked
+        with transaction.atomic():  # the row locked and the turns read in one query on PostgreSQL
+            locked, earlier = statements_run(
+                [_CONVERSATION_LOCKED.statement(conversation_id), _EARLIER_TURNS.statement(conversation_id)]
             )
+            conversation = _conversation_from(conversation_id, _CONVERSATION_LOCKED.converted(locked))
+            first = _secrets_learnt_statements(conversation, _EARLIER_TURNS.converted(earlier), new_secrets)
+            return _turns_create(conversation_id, messages, meta, tool_results, first=first)
     # The touch locks the row first: turns are numbered one append at a time. One query on PostgreSQL.
     return _turns_create(conversation_id, messages, meta, tool_results, first=[_touch_statement(conversation_id)])
 
@@ -125,10 +125,8 @@ def turns_insert(
     new_secrets = [secret for secret in new_secrets if secret]
     if not new_secrets:
         return _turns_create(conversation.id, messages, meta, tool_results, first=[_touch_statement(conversation.id)])
-    _mask_earlier_turns(conversation, new_secrets)
-    conversation.secret_digests = sorted({*conversation.secret_digests, *map(secret_digest, new_secrets)})
-    conversation.save(update_fields=["updated_at", "secret_digests"])
-    return _turns_create(conversation.id, messages, meta, tool_results)
+    first = _secrets_learnt_statements(conversation, _EARLIER_TURNS.rows(conversation.id), new_secrets)
+    return _turns_create(conversation.id, messages, meta, tool_results, first=first)
 
 
 def _turns_create(
@@ -183,8 +181,19 @@ _WAITING_TAKE = (
     "DELETE FROM chat_waitingmessage WHERE id = "
     "(SELECT MIN(id) FROM chat_waitingmessage WHERE conversation_id = %s) RETURNING text"
 )
+_MASKED = ("content", "tool_calls", "result")
+_TURN_MASKED = "UPDATE chat_turn SET content = %s, tool_calls = %s, result = %s WHERE id = %s"
+_SECRETS_KEPT = "UPDATE chat_conversation SET updated_at = %s, secret_digests = %s WHERE id = %s"
 _CONVERSATION_ATTNAMES = [field.attname for field in Conversation._meta.concrete_fields]
 
+# The turns a secret learnt may have to be masked in: all but the system prompt, in order (which hold it
+# is decided in Python, case-insensitively: no ``icontains`` prefilter to compile per call, or to miss a case).
+_EARLIER_TURNS = CompiledQuery(
+    lambda conversation_id: Turn.objects.filter(conversation_id=conversation_id)
+    .exclude(role=Turn.Role.SYSTEM)
+    .order_by("seq")
+    .values_list("id", "seq", "role", *_MASKED)
+)
 _CONVERSATION_LOCKED = CompiledQuery(  # selects every concrete field, in the model's order
     lambda conversation_id: Conversation.objects.select_for_update().filter(id=conversation_id)
 )
@@ -285,20 +294,36 @@ def secret_digest(value: str) -> str:
     return hmac.new(settings.SECRET_KEY.encode(), value.encode(), hashlib.sha256).hexdigest()
 
 
-def _mask_earlier_turns(conversation: Conversation, secrets: list[str]) -> None:
-    """Mask the secrets in every earlier turn, of every role, from where each was first given on.
+def _secrets_learnt_statements(conversation: Conversation, earlier: list[Any], secrets: list[str]) -> list[Statement]:
+    """The writes that go with secrets learnt: each earlier turn that holds one, masked (``_mask_earlier``),
+    and the conversation's digests (``conversation`` is updated to match), touching it as an append does."""
+    prep = [(name, Turn._meta.get_field(name).get_db_prep_save) for name in _MASKED]
+    statements = [
+        (_TURN_MASKED, [*(save(getattr(turn, name), connection) for name, save in prep), turn.pk])
+        for turn in _mask_earlier(earlier, secrets)
+    ]
+    conversation.secret_digests = sorted({*conversation.secret_digests, *map(secret_digest, secrets)})
+    conversation.updated_at = timezone.now()
+    field = Conversation._meta.get_field
+    statements.append((_SECRETS_KEPT, [
+        field("updated_at").get_db_prep_save(conversation.updated_at, connection),
+        field("secret_digests").get_db_prep_save(conversation.secret_digests, connection),
+        _pk(conversation.id),
+    ]))
+    return statements
+
+
+def _mask_earlier(earlier: list[Any], secrets: list[str]) -> list[Turn]:
+    """The earlier turns (``_EARLIER_TURNS``' rows, in order) changed by masking the secrets, in every role,
+    from where each was first given on.
 
     A secret can only be echoed after it was given (by the customer, or in a tool call's arguments), so
-    what stands before that (the greeting asking for an "API key") is left as it was written. One query
-    reads the turns that may hold any of the secrets; which hold each one, and where it was given, is
-    decided here, case-insensitively (a case-insensitive match can only move "given" earlier: more is
-    masked, never less), and each changed turn is written once.
+    what stands before that (the greeting asking for an "API key") is left as it was written. Which turns
+    hold each secret, and where it was given, is decided here, case-insensitively (a case-insensitive match
+    can only move "given" earlier: more is masked, never less); each changed turn is written once.
     """
-    may_hold = functools.reduce(
-        operator.or_,
-        (Q(content__icontains=s) | Q(tool_calls__icontains=s) | Q(result__icontains=s) for s in secrets),
-    )
-    turns = list(conversation.turns.filter(may_hold).exclude(role=Turn.Role.SYSTEM).order_by("seq"))
+    turns = [Turn(id=pk, seq=seq, role=role, content=content, tool_calls=calls, result=result)
+             for pk, seq, role, content, calls, result in earlier]
     changed: dict[int, Turn] = {}
     for secret in secrets:
         holding = [turn for turn in turns if _holds(turn, secret)]
@@ -315,8 +340,7 @@ def _mask_earlier_turns(conversation: Conversation, secrets: list[str]) -> None:
                 ]
             turn.result = mask_value(turn.result, [secret])
             changed[turn.pk] = turn
-    for turn in changed.values():
-        turn.save(update_fields=["content", "tool_calls", "result"])
+    return list(changed.values())
 
 
 def _holds(turn: Turn, secret: str) -> bool:

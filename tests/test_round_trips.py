@@ -148,6 +148,27 @@ def test_starting_a_turn_sends_its_statements_in_three_round_trips_besides_begin
     assert seqs[-1] == (3, "Where is my ticket?")
 
 
+@postgresql_only
+def test_an_append_that_learns_a_secret_masks_the_earlier_turns_in_two_queries_besides_begin_and_commit():
+    conversation_id = services.conversation_start(session_key="s" * 32).id
+    services.turns_append(conversation_id=conversation_id, messages=[
+        {"role": "user", "content": "my key is sk-123"},
+        *STEP,
+        {"role": "assistant", "content": "Thanks, sk-123 works."},
+    ], tool_results={"call_1": (False, {"echo": "sk-123"})})
+    with sent_queries() as sent:
+        services.turns_append(conversation_id=conversation_id, messages=[{"role": "assistant", "content": "Done."}],
+                              new_secrets=["sk-123"])
+    assert [query.split()[0] for query in sent] == ["BEGIN", "SELECT", "UPDATE", "COMMIT"], sent
+    turns = Turn.objects.filter(conversation_id=conversation_id).exclude(role="system").order_by("seq")
+    assert [(turn.content, turn.result) for turn in turns] == [
+        ("my key is ****", None), ("", None), ('{"status": "Open"}', {"echo": "****"}),
+        ("Thanks, **** works.", None), ("Done.", None),
+    ]
+    conversation = Conversation.objects.get(id=conversation_id)
+    assert conversation.secret_digests == [services.secret_digest("sk-123")]
+
+
 def test_statements_run_together_are_one_transaction():
     """A failing statement undoes the ones before it, on both backends."""
     conversation_id = conversation_with_turns(1)
