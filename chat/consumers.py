@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from typing import Any
@@ -20,7 +21,7 @@ from chat.confirmations import (
 from chat.db import database_sync_to_async
 from chat.frames import ConfirmFrame, HumanFrame, parse_client_frame
 from chat.protocol import CustomerError
-from chat.runtime import Attached, conversation_attach, conversation_respond
+from chat.runtime import Arrival, Attached, conversation_attach, conversation_respond
 from chat.sockets import Socket
 from chat.turnlock import conversation_busy, conversation_wait_free
 
@@ -196,27 +197,39 @@ class ChatConsumer(Socket):
         if queued >= MAX_QUEUED_TURNS:
             await self._refuse(CustomerError("too_many_messages", TOO_MANY, refused=True))
             return
-        try:
-            if isinstance(frame, HumanFrame):  # counted like a message, and nothing to store
+        if isinstance(frame, HumanFrame):  # counted like a message, and nothing to store
+            try:
                 await database_sync_to_async(limits.message_admit)(
                     session_key=self.session_key, client_address=self.client_address
                 )
-            else:
-                superseded = await database_sync_to_async(customer_message_arrive)(
-                    session_key=self.session_key,
-                    client_address=self.client_address,
-                    conversation_id=self.conversation_id,
-                    text=frame.text,
-                )
-        except CustomerError as refusal:
-            await self._refuse(refusal)
-            return
-        if isinstance(frame, HumanFrame):
+            except CustomerError as refusal:
+                await self._refuse(refusal)
+                return
             self._start_handoff()
             return
+        # The turn counts and stores the message in its first step when the conversation is free, else
+        # (``_store_waiting``) before it waits; it takes the oldest waiting message: this one, or an earlier.
+        self._start_turn(
+            Arrival(
+                text=frame.text,
+                admit=functools.partial(
+                    limits.message_admit, session_key=self.session_key, client_address=self.client_address
+                ),
+                store=functools.partial(self._store_waiting, frame.text),
+                refuse=self._refuse,
+            )
+        )
+
+    async def _store_waiting(self, text: str) -> None:
+        """Count and store a message that must wait for a running turn (raises the refusal)."""
+        superseded = await database_sync_to_async(customer_message_arrive)(
+            session_key=self.session_key,
+            client_address=self.client_address,
+            conversation_id=self.conversation_id,
+            text=text,
+        )
         if superseded:  # the turn waiting on the card goes on to this message
             await confirmation_wake(self.conversation_id)
-        self._start_turn()  # takes the oldest waiting message: this one, or one queued before it
 
     async def _confirm(self, frame: ConfirmFrame) -> None:
         """The customer's answer to a card: decided only for this socket's own conversation, then the
@@ -242,13 +255,15 @@ class ChatConsumer(Socket):
             return  # the sender already shows its own message
         await self.send_json(frame)
 
-    def _start_turn(self) -> None:
+    def _start_turn(self, arrival: Arrival | None = None) -> None:
         """Run a turn as a task of its own: it finishes, and is stored, even if this socket closes. It
-        answers the conversation's oldest waiting message, or greets a new conversation."""
+        answers the conversation's oldest waiting message (``arrival``, just received, is stored first), or
+        greets a new conversation."""
         task = asyncio.create_task(
             conversation_respond(
                 conversation_id=self.conversation_id,
                 emit=fanout.ConversationFanout(self.channel_layer, self.group, origin=self.channel_name),
+                arrival=arrival,
             ),
             name=_turn_name(self.conversation_id),
         )

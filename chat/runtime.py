@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +31,10 @@ from chat.agent import (
     TurnResult,
     run_turn,
 )
-from chat.confirmations import ChannelConfirmer
+from chat.confirmations import ChannelConfirmer, confirmations_supersede_statement
 from chat.db import database_sync_to_async
 from chat.models import Conversation, Holder
+from chat.protocol import CustomerError
 from chat.secrets import MaskedStream, SecretKeeper
 from chat.toolbox import Toolbox, ToolContext, get_toolbox
 from chat.turnlock import conversation_lock
@@ -221,8 +222,36 @@ class TurnStart:
     too_long: bool = False
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """A customer message just received by a socket, not stored yet, and what that socket does with it.
+
+    When the conversation is free at once (the usual case), the turn counts it against the flood limits
+    and stores it in the one database step that starts the turn (``turn_start_arriving``). Otherwise
+    ``store`` counts it and stores it to wait, so it outlives this process, before the turn waits for the
+    conversation. Either way a refusal goes to ``refuse``: the message is not stored and no turn runs.
+    """
+
+    text: str
+    admit: Callable[[], None]  # sync: counts the message, raises the refusal
+    store: Callable[[], Awaitable[None]]  # counts and stores it to wait; raises the refusal
+    refuse: Callable[[CustomerError], Awaitable[None]]
+
+
+def turn_start_arriving(conversation_id: uuid.UUID, arrival: Arrival) -> TurnStart:
+    """``turn_start`` for a message that arrived at a free conversation: counted (``arrival.admit``, which
+    raises the refusal) and then, in the turn's first transaction, queued behind any message already
+    waiting, with a card left pending (its process died) dropped, as a message stored to wait drops it."""
+    arrival.admit()
+    return turn_start(
+        conversation_id, arrival.text, also=[confirmations_supersede_statement(conversation_id=conversation_id)]
+    )
+
+
 @transaction.atomic
-def turn_start(conversation_id: uuid.UUID, customer_text: str | None = None) -> TurnStart:
+def turn_start(
+    conversation_id: uuid.UUID, customer_text: str | None = None, *, also: Sequence[services.Statement] = ()
+) -> TurnStart:
     """One database step to start a turn: queue ``customer_text`` (when given) behind the messages already
     waiting, take the oldest waiting one, store it as the customer's turn (masked) and read the history
     before it, in one transaction. Past ``CHAT_MAX_CUSTOMER_MESSAGES`` the message is taken and not stored
@@ -230,7 +259,7 @@ def turn_start(conversation_id: uuid.UUID, customer_text: str | None = None) -> 
     PostgreSQL they go in two round trips (``services.statements_run``), besides ``BEGIN`` and ``COMMIT``.
     """
     conversation, text, rows = services.turn_take(
-        conversation_id, customer_text=customer_text, reading=selectors.HISTORY
+        conversation_id, customer_text=customer_text, reading=selectors.HISTORY, also=also
     )
     history = selectors.history_messages(rows)
     context = ToolContext(conversation_id, conversation.customer_id, conversation.client_address)
@@ -264,23 +293,44 @@ def _needs_greeting(history: list[Message]) -> bool:
 
 
 async def conversation_respond(
-    *, conversation_id: uuid.UUID, emit: Emit, customer_text: str | None = None
+    *, conversation_id: uuid.UUID, emit: Emit, customer_text: str | None = None, arrival: Arrival | None = None
 ) -> TurnResult:
     """Run one turn and report it through ``emit``: answer the conversation's oldest waiting customer
-    message (``customer_text``, when given, is stored to wait behind the others first), or greet when none
-    waits and the conversation has no greeting yet; else do nothing.
+    message (``customer_text``, when given, is stored to wait behind the others first; so is ``arrival``,
+    a message a socket has just received), or greet when none waits and the conversation has no greeting
+    yet; else do nothing.
 
     Turns of one conversation never overlap: a turn waits for the one before it, and only then takes its
     message, stores it as the customer's turn and shows it to the conversation's other sockets, so every
-    screen shows the stored order. A message stored by a process that died waits for the next turn, on
-    any process. A message past ``CHAT_MAX_CUSTOMER_MESSAGES`` is refused (``conversation_too_long``)
-    without a model call. Every frame is masked by the conversation's secrets (``chat.secrets``) before it
-    is emitted.
+    screen shows the stored order. An ``arrival`` is stored before the turn waits, or, when there is
+    nothing to wait for, in the turn's first step. A message stored by a process that died waits for the
+    next turn, on any process. A message past ``CHAT_MAX_CUSTOMER_MESSAGES`` is refused
+    (``conversation_too_long``) without a model call. Every frame is masked by the conversation's secrets
+    (``chat.secrets``) before it is emitted.
     """
+    stored = False
+
+    async def store_before_waiting() -> None:
+        nonlocal stored
+        await arrival.store()
+        stored = True
+
+    held = False
     try:
-        async with conversation_lock(conversation_id):
+        async with conversation_lock(conversation_id, before_waiting=store_before_waiting if arrival else None):
+            held = True
             try:
-                turn = await database_sync_to_async(turn_start)(conversation_id, customer_text)
+                if arrival is not None and not stored:
+                    try:
+                        turn = await database_sync_to_async(turn_start_arriving)(conversation_id, arrival)
+                    except CustomerError as refusal:  # over a flood limit: not stored, no turn
+                        await arrival.refuse(refusal)
+                        return TurnResult("error", 0)
+                    except Exception:
+                        stored = await _kept(arrival)
+                        raise
+                else:
+                    turn = await database_sync_to_async(turn_start)(conversation_id, customer_text)
                 emit = MaskedEmit(emit, turn.keeper)
                 if turn.customer_text is None and not _needs_greeting(turn.history):
                     return TurnResult("answered", 0)
@@ -314,10 +364,31 @@ async def conversation_respond(
                 await _record_internal_error(conversation_id)
                 await emit(protocol.error("internal_error", INTERNAL_ERROR))
                 return TurnResult("error", 0)
+    except CustomerError as refusal:
+        if held or arrival is None:
+            raise
+        await arrival.refuse(refusal)  # refused before waiting: the running turn will say idle
+        return TurnResult("error", 0)
+    except Exception:
+        if arrival is not None and not stored and not held:
+            await _kept(arrival)  # the conversation could not be taken (its lease's store failed)
+        raise
     finally:
         # Once the conversation is free, so a socket hearing idle finds it free (a refusal right after it
         # says idle too); the next turn's first frame needs a database step first, so it never overtakes.
-        await emit(protocol.idle())
+        if held or arrival is None:
+            await emit(protocol.idle())
+
+
+async def _kept(arrival: Arrival) -> bool:
+    """Store a message whose turn failed before storing it, to wait for the next turn: nothing the customer
+    sent is lost to a failure on our side, if the database takes it at all."""
+    try:
+        await arrival.store()
+    except Exception:
+        logger.exception("could not keep a customer message whose turn failed to start")
+        return False
+    return True
 
 
 async def _record_internal_error(conversation_id: uuid.UUID) -> None:

@@ -58,11 +58,15 @@ def _conversation_from(conversation_id: uuid.UUID, rows: list[Any]) -> Conversat
 
 
 def turn_take(
-    conversation_id: uuid.UUID, *, customer_text: str | None = None, reading: CompiledQuery
+    conversation_id: uuid.UUID,
+    *,
+    customer_text: str | None = None,
+    reading: CompiledQuery,
+    also: Sequence[Statement] = (),
 ) -> tuple[Conversation, str | None, list[Any]]:
     """Lock the conversation's row, queue ``customer_text`` (when given) behind the messages already waiting,
-    take (delete) the oldest waiting one, and read ``reading``'s rows (the turn's history): one round trip on
-    PostgreSQL. The conversation, the text taken (None when none waits) and the rows.
+    run ``also``, take (delete) the oldest waiting message, and read ``reading``'s rows (the turn's history):
+    one round trip on PostgreSQL. The conversation, the text taken (None when none waits) and the rows.
 
     Call inside the transaction that stores the text as a turn, so it is taken exactly once. Raises
     ``DoesNotExist`` for an unknown conversation.
@@ -70,7 +74,7 @@ def turn_take(
     statements = [_CONVERSATION_LOCKED.statement(conversation_id)]
     if customer_text is not None:
         statements.append(customer_message_wait_statement(conversation_id=conversation_id, text=customer_text))
-    statements += [(_WAITING_TAKE, [_pk(conversation_id)]), reading.statement(conversation_id)]
+    statements += [*also, (_WAITING_TAKE, [_pk(conversation_id)]), reading.statement(conversation_id)]
     locked, *_, taken, rows = statements_run(statements)
     conversation = _conversation_from(conversation_id, _CONVERSATION_LOCKED.converted(locked))
     return conversation, (taken[0][0] if taken else None), reading.converted(rows)

@@ -13,7 +13,8 @@ import asyncio
 import logging
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import redis.asyncio
@@ -28,6 +29,7 @@ LEASE_POLL_SECONDS = 0.05
 POOL_WAIT_SECONDS = 20  # a command waiting this long for a free connection fails
 
 _locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
+_holders: Counter[uuid.UUID] = Counter()  # per conversation: turns of this process holding or awaiting the lock
 _lease_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
     weakref.WeakKeyDictionary()
 )
@@ -78,26 +80,49 @@ async def conversation_wait_free(conversation_id: uuid.UUID) -> None:
 
 
 @asynccontextmanager
-async def conversation_lock(conversation_id: uuid.UUID) -> AsyncIterator[None]:
-    """One turn at a time per conversation: in arrival order in this process, exclusive across processes."""
+async def conversation_lock(
+    conversation_id: uuid.UUID, *, before_waiting: Callable[[], Awaitable[None]] | None = None
+) -> AsyncIterator[None]:
+    """One turn at a time per conversation: in arrival order in this process, exclusive across processes.
+
+    ``before_waiting`` runs only when the conversation is not free at once (a turn of this process holds or
+    awaits it, or another process holds the lease), before waiting; what it raises is raised, nothing held.
+    """
     lock = _locks.get(conversation_id)
     if lock is None:
         lock = _locks[conversation_id] = asyncio.Lock()
-    async with lock:
-        client = _lease_client()
-        if client is None:
-            yield
-            return
-        async with _redis_lease(client, conversation_id):
-            yield
+    busy = _holders[conversation_id] > 0
+    _holders[conversation_id] += 1  # from now on, a message arriving after this one waits behind it
+    try:
+        if before_waiting is not None and busy:
+            await before_waiting()
+            before_waiting = None
+        async with lock:
+            client = _lease_client()
+            if client is None:
+                yield
+                return
+            async with _redis_lease(client, conversation_id, before_waiting):
+                yield
+    finally:
+        _holders[conversation_id] -= 1
+        if not _holders[conversation_id]:
+            del _holders[conversation_id]
 
 
 @asynccontextmanager
-async def _redis_lease(client: redis.asyncio.Redis, conversation_id: uuid.UUID) -> AsyncIterator[None]:
+async def _redis_lease(
+    client: redis.asyncio.Redis,
+    conversation_id: uuid.UUID,
+    before_waiting: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[None]:
     lease = client.lock(
         _lease_name(conversation_id), timeout=LEASE_SECONDS, sleep=LEASE_POLL_SECONDS, thread_local=False
     )
-    await lease.acquire()
+    if before_waiting is None or not await lease.acquire(blocking=False):
+        if before_waiting is not None:
+            await before_waiting()  # another process's turn holds the conversation
+        await lease.acquire()
     renewal = asyncio.create_task(_renew(lease, conversation_id))
     try:
         yield

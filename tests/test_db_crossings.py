@@ -21,7 +21,7 @@ from chat import db
 from chat.db import database_sync_to_async
 from tests.support.driver import Chat
 from tests.support.models import calls, say_text
-from tests.support.sockets import attached, new_session_key, say
+from tests.support.sockets import attached, new_session_key, say, until_idle
 
 ROOT = Path(__file__).resolve().parent.parent
 on_postgresql = pytest.mark.skipif(connection.vendor != "postgresql", reason="needs a PostgreSQL server")
@@ -103,6 +103,73 @@ async def test_a_tool_call_crosses_to_ask_first_only_when_the_tool_changes_data(
     chat_model.queue(calls(("create_ticket", {"issue": "Refund", "description": "Twice charged."})), say_text("No."))
     await chat.say("Open a ticket for me.")
     assert "prepare" in crossed, crossed  # asked first (and refused: nobody is verified)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_message_to_a_free_conversation_is_stored_by_its_turns_first_crossing(chat_model, monkeypatch):
+    """No turn runs: the message is counted, queued, taken and stored as the customer's turn in one crossing
+    (one transaction). A turn runs: the next message is stored at once, before it waits behind it."""
+    from chat.models import Turn, WaitingMessage
+
+    crossed: list[str] = []
+    original = SyncToAsync.__call__
+
+    def recording(self, *args, **kwargs):
+        crossed.append(getattr(self.func, "__name__", "?"))  # a repr could query, here in async code
+        return original(self, *args, **kwargs)
+
+    communicator = await attached(await new_session_key())
+    monkeypatch.setattr(SyncToAsync, "__call__", recording)
+    chat_model.queue(say_text("Hello!"), say_text("First answer."), say_text("Second answer."))
+    await say(communicator, "Hello there")
+    assert crossed[0] == "turn_start_arriving" and "customer_message_arrive" not in crossed, crossed
+
+    crossed.clear()
+    chat_model.hold()
+    await communicator.send_json_to({"type": "message", "text": "first"})
+    await asyncio.wait_for(chat_model.entered.wait(), 10)  # its turn is at the model, holding the conversation
+    await communicator.send_json_to({"type": "message", "text": "second"})
+    for _ in range(500):
+        if await WaitingMessage.objects.filter(text="second").aexists():
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the message that must wait was not stored before waiting")
+    assert crossed.count("customer_message_arrive") == 1, crossed
+    chat_model.release()
+    frames = await until_idle(communicator)
+    frames += await until_idle(communicator)
+    texts = [f["text"] for f in frames if f["type"] == "message" and f["role"] == "assistant"]
+    assert texts == ["First answer.", "Second answer."]
+    users = [t.content async for t in Turn.objects.filter(role="user").order_by("seq")]
+    assert users == ["Hello there", "first", "second"]
+    assert not await WaitingMessage.objects.aexists()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_message_whose_turn_fails_to_start_is_kept_for_the_next_turn(chat_model, monkeypatch):
+    """The turn's first step, which would have stored it, fails: the customer is told, and the message is
+    stored to wait instead, so the next turn answers it first."""
+    from django.db import OperationalError
+
+    from chat import services
+    from chat.models import Turn, WaitingMessage
+
+    communicator = await attached(await new_session_key())
+    original = services.turn_take
+
+    def failing_once(*args, **kwargs):
+        monkeypatch.setattr(services, "turn_take", original)
+        raise OperationalError("could not serialize access")
+
+    monkeypatch.setattr(services, "turn_take", failing_once)
+    frames = await say(communicator, "Where is my parcel?")
+    assert [f["code"] for f in frames if f["type"] == "error"] == ["internal_error"]
+    assert [w.text async for w in WaitingMessage.objects.all()] == ["Where is my parcel?"]
+    chat_model.queue(say_text("About your parcel."), say_text("And hello."))
+    await say(communicator, "Hello?")
+    users = [t.content async for t in Turn.objects.filter(role="user").order_by("seq")]
+    assert users[0] == "Where is my parcel?"  # the kept one, answered first
 
 
 @pytest.mark.parametrize(

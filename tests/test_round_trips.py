@@ -137,6 +137,35 @@ def test_a_customer_message_is_stored_and_a_pending_card_dropped_in_one_round_tr
 
 
 @postgresql_only
+def test_a_message_arriving_at_a_free_conversation_is_stored_by_the_turns_start_in_its_round_trips():
+    """Queued (behind one already waiting), a card left pending dropped, the oldest taken and stored as the
+    customer's turn: BEGIN, a query, a query, COMMIT, as for any turn's start; no round trip of its own."""
+    from chat.models import Confirmation, WaitingMessage
+    from chat.runtime import Arrival, turn_start_arriving
+
+    conversation_id = conversation_with_turns(1)
+    services.customer_message_wait(conversation_id=conversation_id, text="Earlier, kept by a process that died")
+    card = Confirmation.objects.create(
+        conversation_id=conversation_id, tool_call_id="call_1", tool="create_ticket", frame={},
+        expires_at=timezone.now(),
+    )
+    admitted = []
+
+    async def never(*args) -> None:
+        raise AssertionError("a message arriving at a free conversation is not stored on its own")
+
+    arrival = Arrival(text="Hello?", admit=lambda: admitted.append(True), store=never, refuse=never)
+    with sent_queries() as sent:
+        start = turn_start_arriving(conversation_id, arrival)
+    assert [query.split()[0] for query in sent] == ["BEGIN", "SELECT", "UPDATE", "COMMIT"], sent
+    assert admitted == [True]
+    assert start.customer_text == "Earlier, kept by a process that died"
+    assert list(WaitingMessage.objects.values_list("text", flat=True)) == ["Hello?"]
+    card.refresh_from_db()
+    assert card.state == Confirmation.State.SUPERSEDED
+
+
+@postgresql_only
 def test_starting_a_turn_sends_its_statements_in_three_round_trips_besides_begin_and_commit():
     conversation_id = conversation_with_turns(2)
     services.customer_message_wait(conversation_id=conversation_id, text="Where is my ticket?")
