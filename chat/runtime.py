@@ -37,7 +37,7 @@ from chat.models import Conversation, Holder
 from chat.protocol import CustomerError
 from chat.secrets import MaskedStream, SecretKeeper
 from chat.toolbox import Toolbox, ToolContext, get_toolbox
-from chat.turnlock import conversation_lock
+from chat.turnlock import arrivals_in_order, conversation_lock
 
 logger = logging.getLogger(__name__)
 
@@ -309,11 +309,23 @@ async def conversation_respond(
     (``chat.secrets``) before it is emitted.
     """
     stored = False
+    gate = arrivals_in_order(conversation_id) if arrival is not None else None
+    if gate is not None:
+        await gate.acquire()  # a message received after this one is stored after it
+
+    def in_order() -> None:
+        nonlocal gate
+        if gate is not None:
+            gate.release()
+            gate = None
 
     async def store_before_waiting() -> None:
         nonlocal stored
-        await arrival.store()
-        stored = True
+        try:
+            await arrival.store()
+            stored = True
+        finally:
+            in_order()
 
     held = False
     try:
@@ -324,11 +336,14 @@ async def conversation_respond(
                     try:
                         turn = await database_sync_to_async(turn_start_arriving)(conversation_id, arrival)
                     except CustomerError as refusal:  # over a flood limit: not stored, no turn
+                        in_order()
                         await arrival.refuse(refusal)
                         return TurnResult("error", 0)
                     except Exception:
                         stored = await _kept(arrival)
                         raise
+                    finally:
+                        in_order()
                 else:
                     turn = await database_sync_to_async(turn_start)(conversation_id, customer_text)
                 emit = MaskedEmit(emit, turn.keeper)
@@ -374,6 +389,7 @@ async def conversation_respond(
             await _kept(arrival)  # the conversation could not be taken (its lease's store failed)
         raise
     finally:
+        in_order()
         # Once the conversation is free, so a socket hearing idle finds it free (a refusal right after it
         # says idle too); the next turn's first frame needs a database step first, so it never overtakes.
         if held or arrival is None:

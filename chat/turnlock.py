@@ -29,6 +29,7 @@ LEASE_POLL_SECONDS = 0.05
 POOL_WAIT_SECONDS = 20  # a command waiting this long for a free connection fails
 
 _locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
+_arrival_gates: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
 _holders: Counter[uuid.UUID] = Counter()  # per conversation: turns of this process holding or awaiting the lock
 _lease_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
     weakref.WeakKeyDictionary()
@@ -53,6 +54,16 @@ def _lease_client() -> redis.asyncio.Redis | None:
         )
         client = _lease_clients[loop] = redis.asyncio.Redis(connection_pool=pool)
     return client
+
+
+def arrivals_in_order(conversation_id: uuid.UUID) -> asyncio.Lock:
+    """Held by a message this process received for the conversation until the message is stored (to wait,
+    or by its turn's first step): messages received here are stored in the order they came, whichever
+    path each takes, and so answered in that order."""
+    gate = _arrival_gates.get(conversation_id)
+    if gate is None:
+        gate = _arrival_gates[conversation_id] = asyncio.Lock()
+    return gate
 
 
 def _lease_name(conversation_id: uuid.UUID) -> str:

@@ -7,12 +7,13 @@ Every test waits for frames up to ``idle`` with a timeout; none sleeps.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
 from django.conf import settings as django_settings
 
-from chat import consumers, llm, turnlock
+from chat import consumers, limits, llm, turnlock
 from chat.agent import ModelError
 from chat.builtin import GOODBYE, GREETING
 from tests.support.history import stored_error_codes, stored_turns
@@ -337,6 +338,36 @@ async def test_reconnecting_during_a_turn_shows_the_rest_of_it(demo_data, model)
     rest = await until_idle(again)
     assert "verified" in assistant_texts(rest)[-1]
     await again.disconnect()
+
+
+async def test_a_message_sent_while_the_one_before_is_being_stored_is_stored_and_answered_after_it(
+    demo_data, model, settings, monkeypatch
+):
+    """The first message goes to a free conversation: its turn counts and stores it in its first step. The
+    second arrives meanwhile and must wait; on another database thread its storing could overtake the
+    first's, so the turn would take the second first. Messages received by a process are stored in order."""
+    settings.DATABASE_THREADS = 2
+    communicator, conversation_id = await greeted(await new_session_key())
+    admit = limits.message_admit
+    counted = []
+
+    def slow_first(**kwargs) -> None:
+        counted.append(kwargs)
+        if len(counted) == 1:
+            time.sleep(0.3)  # the first message's count, in its turn's first step
+        admit(**kwargs)
+
+    monkeypatch.setattr(limits, "message_admit", slow_first)
+    await communicator.send_json_to({"type": "message", "text": SEED_MESSAGES[1]})
+    await communicator.send_json_to({"type": "message", "text": SEED_MESSAGES[2]})
+    first = await until_idle(communicator)
+    second = await until_idle(communicator)
+
+    assert len(counted) == 2
+    assert "verified" in assistant_texts(first)[-1]
+    assert "Open" in assistant_texts(second)[-1]
+    assert [role for role, _ in await stored_turns(conversation_id)] == TWO_VERIFIED_TURNS
+    await communicator.disconnect()
 
 
 async def test_two_messages_at_once_on_one_socket_are_answered_in_order(demo_data, model):
