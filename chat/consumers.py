@@ -75,6 +75,8 @@ def customer_message_arrive(
 ) -> bool:
     """Count the message against the flood limits and, if admitted, store it to wait for its turn: one
     database step, and from here the message outlives this process. Raises the refusal when over a limit.
+    For a message that must wait behind a running turn (one for a free conversation is stored by its
+    turn's first step, ``runtime.turn_start_arriving``).
 
     Writing instead of answering a pending card drops it: True when one was (the turn waiting on it must
     be woken, to go on to this message)."""

@@ -31,3 +31,21 @@ def test_the_benchmark_runs_both_arms_and_prints_its_table_of_medians():
         assert measured[7] == "0", result.stderr[-3000:]  # errors
         assert 0 <= int(measured[8].removesuffix("%")) <= 100
     assert product[6].endswith("×)")  # the p50 added over the bare loop's
+
+
+def test_the_step_timer_times_each_database_step_of_a_turn():
+    result = subprocess.run(
+        [sys.executable, "scripts/bench_steps.py", "--repeat", "3"], cwd=ROOT, capture_output=True, text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
+            if line.startswith("| ")]
+    assert [row[0] for row in rows[2:]] == [
+        "a conversation's start",
+        "verify_user (by key, succeeds) (beyond the start)",
+        "two appends, the second learning a key (beyond the start)",
+        "the same two appends, plain (beyond the start)",
+        "a customer message: stored, turn start (beyond the start)",
+    ]
+    assert all(re.fullmatch(r"-?[\d.]+ ms", cell) for row in rows[2:] for cell in row[1:]), rows
