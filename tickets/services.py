@@ -162,10 +162,9 @@ def _key_matching(candidates: list[tuple[Any, ...]], raw_key: str) -> ApiKey | N
     unknown username is compared against a digest no key has, so it costs the same work as a wrong key."""
     digest = apikey_digest(raw_key)
     match = None
-    for pk, customer_id, key_digest in candidates or [(None, None, _NO_KEY_DIGEST)]:
-        if hmac.compare_digest(key_digest, digest) and pk is not None:
-            match = ApiKey(id=pk, customer_id=customer_id, digest=key_digest)
-            match._state.adding, match._state.db = False, connection.alias
+    for row in candidates or [(None, None, _NO_KEY_DIGEST)]:
+        if hmac.compare_digest(row[2], digest) and row[0] is not None:
+            match = ApiKey.from_db(connection.alias, ["id", "customer_id", "digest"], row)  # the rest deferred
     return match
 
 
