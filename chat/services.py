@@ -123,14 +123,10 @@ def turns_insert(
     messages: list[dict[str, Any]],
     meta: dict[str, Any] | None = None,
     tool_results: Mapping[str, tuple[bool, Any]] | None = None,
-    new_secrets: Iterable[str] = (),
 ) -> list[Turn]:
-    """``turns_append`` for a conversation whose row this transaction has already locked."""
-    new_secrets = [secret for secret in new_secrets if secret]
-    if not new_secrets:
-        return _turns_create(conversation.id, messages, meta, tool_results, first=[_touch_statement(conversation.id)])
-    first = _secrets_learnt_statements(conversation, _EARLIER_TURNS.rows(conversation.id), new_secrets)
-    return _turns_create(conversation.id, messages, meta, tool_results, first=first)
+    """``turns_append``, without secrets learnt, for a conversation whose row this transaction has already
+    locked (a turn's start stores the customer's message with it)."""
+    return _turns_create(conversation.id, messages, meta, tool_results, first=[_touch_statement(conversation.id)])
 
 
 def _turns_create(
@@ -201,6 +197,7 @@ _EARLIER_TURNS = CompiledQuery(
 _CONVERSATION_LOCKED = CompiledQuery(  # selects every concrete field, in the model's order
     lambda conversation_id: Conversation.objects.select_for_update().filter(id=conversation_id)
 )
+
 
 def statements_run(statements: list[Statement]) -> list[list[tuple[Any, ...]]]:
     """Run the statements in order, as one transaction (or in the caller's), and give each one's rows
