@@ -125,7 +125,7 @@ class ChatConsumer(Socket):
         self.session_key, self.client_address = session.session_key, client[0]
         self.conversation_id = attached.conversation.id
         self.group = conversation_group(self.conversation_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await fanout.group_join(self.channel_layer, self.group, self.channel_name)
         await self.channel_layer.group_add(modelstatus.STATUS_GROUP, self.channel_name)
         fanout.listen(self.group, self.channel_name, self.chat_frame)
         await self.accept()
@@ -256,6 +256,11 @@ class ChatConsumer(Socket):
         if frame.get("role") == "user" and event.get("origin") == self.channel_name:
             return  # the sender already shows its own message
         await self.send_json(frame)
+
+    async def chat_joined(self, event: dict[str, Any]) -> None:
+        """A socket joined this conversation's group (``fanout.group_join``): perhaps not one of this process's."""
+        if hasattr(self, "group"):
+            fanout.joined(self.group, event["channel"])
 
     def _start_turn(self, arrival: Arrival | None = None) -> None:
         """Run a turn as a task of its own: it finishes, and is stored, even if this socket closes. It

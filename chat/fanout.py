@@ -7,12 +7,26 @@ overflowed and dropped frames. Most conversations have one listener, the custome
 process running the turn: its frames need no layer at all. The group stays the source of truth for who
 listens (operators watching live join it too), so the layer is skipped only when every member of the
 group is a customer socket registered here.
+
+WHO LISTENS, WITHOUT ASKING REDIS PER FRAME
+Reading the group's members is a Redis round trip. It was made before every frame but a delta (five or six
+a turn, a millisecond of a turn's latency), to catch a listener joining from elsewhere (an operator, a tab
+on another process). Instead every socket joining a conversation's group says so to the group
+(``group_join``: a ``chat.joined`` event, after its ``group_add``). While a process has a socket in the
+group it hears every such event, so once a read of the members has found only this process's customer
+sockets, that stays known (``_Listeners.only_ours``) until one joins from elsewhere: a turn then reads the
+members once, at its first frame, and only when that is not known. Knowledge ends with the process's last
+socket in the group (it hears nothing more), and a read whose answer raced a join heard meanwhile counts
+for nothing. A listener joining from elsewhere gets the turn's frames from the moment its event is heard
+(a few milliseconds after it joined, deltas included); they went through the layer from the next frame
+but a delta before.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer
@@ -20,22 +34,49 @@ from channels.layers import BaseChannelLayer, InMemoryChannelLayer
 logger = logging.getLogger(__name__)
 
 Deliver = Callable[[dict[str, Any]], Awaitable[None]]
+JOINED = "chat.joined"  # the event a socket joining a conversation's group sends it
 
-# group -> channel name -> how to hand that socket an event, for the sockets of this process
-_local: dict[str, dict[str, Deliver]] = {}
+
+@dataclass(eq=False)
+class _Listeners:
+    """This process's customer sockets in one group, and what is known of the group's other members."""
+
+    sockets: dict[str, Deliver] = field(default_factory=dict)  # channel name -> how to hand it an event
+    only_ours: bool = False  # the members were read since these sockets listen: all ours, and none joined since
+    joins_heard: int = 0  # joins from elsewhere heard
+
+
+# group -> this process's sockets listening to it
+_local: dict[str, _Listeners] = {}
+
+
+async def group_join(layer: BaseChannelLayer, group: str, channel_name: str) -> None:
+    """Join a conversation's group and tell its members, so a process delivering its frames straight to its
+    own sockets sends them through the layer from now on. Every socket joining a conversation's group joins
+    through here (and has a ``chat_joined`` handler)."""
+    await layer.group_add(group, channel_name)
+    await layer.group_send(group, {"type": JOINED, "channel": channel_name})
 
 
 def listen(group: str, channel_name: str, deliver: Deliver) -> None:
     """Register a socket of this process as a listener of ``group`` (after joining the layer's group)."""
-    _local.setdefault(group, {})[channel_name] = deliver
+    _local.setdefault(group, _Listeners()).sockets[channel_name] = deliver
 
 
 def unlisten(group: str, channel_name: str) -> None:
-    sockets = _local.get(group)
-    if sockets is not None:
-        sockets.pop(channel_name, None)
-        if not sockets:
+    listeners = _local.get(group)
+    if listeners is not None:
+        listeners.sockets.pop(channel_name, None)
+        if not listeners.sockets:  # nobody here hears joins any more: what was known is forgotten
             del _local[group]
+
+
+def joined(group: str, channel_name: str) -> None:
+    """A socket joined ``group`` (its ``chat.joined`` event, heard by a socket of this process)."""
+    listeners = _local.get(group)
+    if listeners is not None and channel_name not in listeners.sockets:
+        listeners.only_ours = False
+        listeners.joins_heard += 1
 
 
 async def _members(layer: BaseChannelLayer, group: str) -> set[str] | None:
@@ -53,13 +94,35 @@ async def _members(layer: BaseChannelLayer, group: str) -> set[str] | None:
     return None
 
 
+def _known_ours(group: str) -> bool:
+    """Whether every member of the group is known to be a customer socket of this process (no round trip)."""
+    listeners = _local.get(group)
+    return listeners is not None and listeners.only_ours
+
+
+async def _read_ours(layer: BaseChannelLayer, group: str) -> bool:
+    """``_known_ours``, the members read from the layer (and what they say remembered) when it is not known."""
+    listeners = _local.get(group)
+    if listeners is None:
+        return False
+    if listeners.only_ours:
+        return True
+    heard = listeners.joins_heard
+    members = await _members(layer, group)
+    if members is None or _local.get(group) is not listeners or listeners.joins_heard != heard:
+        return False  # the layer cannot say, or the sockets or the members changed while it was read
+    listeners.only_ours = members <= listeners.sockets.keys()
+    return listeners.only_ours
+
+
 class ConversationFanout:
     """``emit`` for one turn: its frames to every listener of the conversation's group.
 
-    Before each frame other than a delta it checks who listens; while they are all this process's customer
-    sockets, frames go straight to them. Once a frame of the turn has gone through the layer, the rest do
-    too, so no socket receives a frame before an earlier one still queued in the layer. A socket that fails
-    to take a frame (it is closing) does not fail the turn.
+    While the group's members are all this process's customer sockets, frames go straight to them: that is
+    read from the layer at the turn's first frame when not already known, and a join from elsewhere heard
+    during the turn ends it. Once a frame of the turn has gone through the layer, the rest do too, so no
+    socket receives a frame before an earlier one still queued in the layer. A socket that fails to take a
+    frame (it is closing) does not fail the turn.
     """
 
     def __init__(self, layer: BaseChannelLayer, group: str, origin: str) -> None:
@@ -71,14 +134,16 @@ class ConversationFanout:
 
     async def __call__(self, frame: dict[str, Any]) -> None:
         event = {"type": "chat.frame", "frame": frame, "origin": self.origin}
-        if not self.via_layer and (frame.get("type") != "delta" or not self.checked):
-            members = await _members(self.layer, self.group)
-            self.via_layer = members is None or not members <= _local.get(self.group, {}).keys()
-            self.checked = True
+        if not self.via_layer:
+            if self.checked:
+                self.via_layer = not _known_ours(self.group)
+            else:
+                self.via_layer = not await _read_ours(self.layer, self.group)
+                self.checked = True
         if self.via_layer:
             await self.layer.group_send(self.group, event)
             return
-        for channel_name, deliver in list(_local.get(self.group, {}).items()):
+        for channel_name, deliver in list(_local[self.group].sockets.items()):
             try:
                 await deliver(event)
             except Exception:

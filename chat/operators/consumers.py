@@ -19,6 +19,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
+from chat import fanout
 from chat.consumers import conversation_group
 from chat.db import database_sync_to_async
 from chat.models import Turn
@@ -66,8 +67,12 @@ class StaffSocket(Socket):
     async def may_still_watch(self) -> bool:
         raise NotImplementedError
 
-    async def _join(self, group: str) -> None:
-        await self.channel_layer.group_add(group, self.channel_name)
+    async def _join(self, group: str, *, conversation: bool = False) -> None:
+        """Join the group; a conversation's group through ``fanout.group_join``, which tells its members."""
+        if conversation:
+            await fanout.group_join(self.channel_layer, group, self.channel_name)
+        else:
+            await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined = (*self.groups_joined, group)
 
     async def _leave_groups(self) -> None:
@@ -118,7 +123,7 @@ class OperatorConsumer(StaffSocket):
         self.checked_at = time.monotonic()
         self.conversation_id = conversation_id
         self.shown_customer_seq = await database_sync_to_async(last_customer_seq)(conversation_id)
-        await self._join(conversation_group(conversation_id))
+        await self._join(conversation_group(conversation_id), conversation=True)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
@@ -134,6 +139,9 @@ class OperatorConsumer(StaffSocket):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         return None  # operators watch; they never speak in the customer's conversation
+
+    async def chat_joined(self, event: dict[str, Any]) -> None:
+        """Another socket joined the conversation's group (``fanout.group_join``): nothing to show."""
 
     async def chat_frame(self, event: dict[str, Any]) -> None:
         if not await self._may_relay():
