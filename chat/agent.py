@@ -135,8 +135,13 @@ class Transcript(Protocol):
         outcomes: Mapping[str, ToolOutcome] | None = None,
         secrets: Iterable[str] = (),
         fallback: bool = False,
+        behind: bool = False,
     ) -> list[Message]:
-        """Store ``messages`` and return them as stored (secrets masked): what screens may show."""
+        """Store ``messages`` and return them as stored (secrets masked): what screens may show.
+
+        ``behind``: nothing shows these messages until the turn's next store, so the write may still be
+        going on when this returns (the model is called meanwhile); it is done before any later ``append``
+        or ``record_error`` of the turn (which raise what it raised), and before the turn ends."""
         ...
 
     async def record_error(self, code: str, message: str) -> None: ...
@@ -257,7 +262,10 @@ async def _answer_tool_calls(
         {"role": "tool", "tool_call_id": call_id, "content": cut_text(outcome.content, bounds.max_tool_result_chars)}
         for call_id, outcome in outcomes.items()
     ]
-    stored = await transcript.append([assistant, *results], reply=reply, outcomes=outcomes, secrets=secrets)
+    # Behind: the calls were shown as they ran, and the next model call need not wait for the write.
+    stored = await transcript.append(
+        [assistant, *results], reply=reply, outcomes=outcomes, secrets=secrets, behind=True
+    )
     history[:] = [*mask_messages(history, secrets), *stored]  # the model never again receives a secret learnt
     return any(outcome.ends_turn for outcome in outcomes.values())
 

@@ -7,6 +7,7 @@ step to store it, one per tool call. Nothing touches the database per streamed t
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -49,6 +50,8 @@ TOO_LONG = (
 
 SecretFinder = Callable[[str], list[str]]
 
+_settling: set[asyncio.Future[None]] = set()  # writes of cancelled turns, still going on
+
 
 @functools.cache
 def _secret_finder_factory() -> Callable[[int], SecretFinder] | None:
@@ -74,11 +77,30 @@ class StoredTranscript:
 
     Secrets learnt with the messages (a tool's secret arguments) join the keeper, and are masked in the
     earlier turns and remembered by digest in the same transaction.
+
+    A write ``behind`` (a tool step's: the model is called again meanwhile, its wait on the database off
+    the turn's path) runs as a task of its own; every later database step of the turn, this transcript's or
+    its tools' (``settle``), and the turn's end wait for it first, so the turn's writes keep their order and
+    a failed write fails the turn at its next step.
     """
 
     def __init__(self, conversation_id: uuid.UUID, keeper: SecretKeeper) -> None:
         self.conversation_id = conversation_id
         self.keeper = keeper
+        self._writing: asyncio.Future[Any] | None = None
+
+    async def settle(self) -> None:
+        """Wait for a write still going on; raise what it raised."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+    async def settle_quietly(self) -> None:
+        """``settle``, logging what the write raised (the turn is failing already)."""
+        try:
+            await self.settle()
+        except Exception:
+            logger.exception("a write of conversation %s failed", self.conversation_id)
 
     async def append(
         self,
@@ -88,7 +110,9 @@ class StoredTranscript:
         outcomes: Mapping[str, ToolOutcome] | None = None,
         secrets: Iterable[str] = (),
         fallback: bool = False,
+        behind: bool = False,
     ) -> list[Message]:
+        await self.settle()
         new_secrets = self.keeper.learn(secrets)
         messages = self.keeper.mask_messages(messages)
         meta: dict[str, Any] = {"is_fallback": fallback}
@@ -103,16 +127,21 @@ class StoredTranscript:
             call_id: (outcome.is_error, self.keeper.mask_frame({"result": outcome.result})["result"])
             for call_id, outcome in (outcomes or {}).items()
         }
-        await database_sync_to_async(services.turns_append)(
+        writing = database_sync_to_async(services.turns_append)(
             conversation_id=self.conversation_id,
             messages=messages,
             meta=meta,
             tool_results=tool_results,
             new_secrets=new_secrets,
         )
+        if behind:
+            self._writing = asyncio.ensure_future(writing)
+        else:
+            await writing
         return messages
 
     async def record_error(self, code: str, message: str) -> None:
+        await self.settle()
         await database_sync_to_async(services.turn_record_error)(
             conversation_id=self.conversation_id, code=code, message=message
         )
@@ -155,10 +184,13 @@ class MaskedEmit:
 class ConversationTools:
     """The agent's ``ToolRunner``: the deployment's toolbox, acting for one conversation."""
 
-    def __init__(self, toolbox: Toolbox, context: ToolContext) -> None:
+    def __init__(
+        self, toolbox: Toolbox, context: ToolContext, before: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self.toolbox = toolbox
         self.context = context
         self.schemas = toolbox.schemas
+        self.before = before  # awaited before a tool touches the database (the turn's writes in order)
 
     def display_arguments(self, call: ToolCall) -> dict[str, Any] | None:
         return self.toolbox.display_arguments(call)
@@ -167,11 +199,15 @@ class ConversationTools:
         return self.toolbox.arguments_to_store(call)
 
     async def run(self, call: ToolCall, *, approved: bool = False) -> ToolOutcome:
+        if self.before is not None:
+            await self.before()
         return await database_sync_to_async(self.toolbox.run)(call, self.context, approved=approved)
 
     async def prepare(self, call: ToolCall) -> ConfirmRequest | ToolOutcome | None:
         if not self.toolbox.asks_first(call):  # nothing to ask, nothing to read: no crossing
             return None
+        if self.before is not None:
+            await self.before()
         return await database_sync_to_async(self.toolbox.prepare)(call, self.context)
 
 
@@ -358,20 +394,31 @@ async def conversation_respond(
                     return await handoff.customer_message_while_held(
                         holder=turn.holder, stored=turn.customer_stored, emit=emit
                     )
-                result = await run_turn(
-                    model=llm.get_chat_model(),
-                    tools=ConversationTools(get_toolbox(), turn.tools),
-                    transcript=StoredTranscript(conversation_id, turn.keeper),
-                    history=turn.history,
-                    emit=emit,
-                    customer_text=turn.customer_text,
-                    customer_stored=turn.customer_stored,
-                    bounds=turn_bounds(),
-                    # Until verified, a key typed again (after a failed attempt) must reach verify_user.
-                    model_reads_typed_text=turn.tools.customer_id is None,
-                    # A tool that changes data waits here, lock held, for the customer's own answer.
-                    confirmer=ChannelConfirmer(conversation_id, emit, turn.keeper.mask_frame),
-                )
+                transcript = StoredTranscript(conversation_id, turn.keeper)
+                try:
+                    result = await run_turn(
+                        model=llm.get_chat_model(),
+                        tools=ConversationTools(get_toolbox(), turn.tools, before=transcript.settle),
+                        transcript=transcript,
+                        history=turn.history,
+                        emit=emit,
+                        customer_text=turn.customer_text,
+                        customer_stored=turn.customer_stored,
+                        bounds=turn_bounds(),
+                        # Until verified, a key typed again (after a failed attempt) must reach verify_user.
+                        model_reads_typed_text=turn.tools.customer_id is None,
+                        # A tool that changes data waits here, lock held, for the customer's own answer.
+                        confirmer=ChannelConfirmer(conversation_id, emit, turn.keeper.mask_frame),
+                    )
+                except Exception:
+                    await transcript.settle_quietly()  # stored before the conversation is let go
+                    raise
+                except BaseException:  # cancelled (the server stops): the write goes on, and says if it fails
+                    settling = asyncio.ensure_future(transcript.settle_quietly())
+                    _settling.add(settling)
+                    settling.add_done_callback(_settling.discard)
+                    raise
+                await transcript.settle()
                 await handoff.after_turn(conversation_id=conversation_id, result=result, emit=emit)
                 return result
             except Exception:

@@ -25,7 +25,7 @@ class MemoryTranscript:
         self.errors: list[tuple[str, str]] = []
 
     async def append(
-        self, messages, *, reply=None, outcomes=None, secrets: Iterable[str] = (), fallback=False
+        self, messages, *, reply=None, outcomes=None, secrets: Iterable[str] = (), fallback=False, behind=False
     ) -> list[dict[str, Any]]:
         stored = mask_messages(copy.deepcopy(messages), secrets)
         self.messages.extend(stored)

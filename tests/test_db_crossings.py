@@ -172,6 +172,118 @@ async def test_a_message_whose_turn_fails_to_start_is_kept_for_the_next_turn(cha
     assert users[0] == "Where is my parcel?"  # the kept one, answered first
 
 
+# A TOOL STEP'S WRITE, BEHIND: the next model call does not wait for it; everything after it in the turn does.
+
+
+@pytest.fixture
+def tool_steps_stored(monkeypatch) -> list[str]:
+    """What the database steps of a turn did, in order (a tool step's append, tool runs), as they ended."""
+    from chat import services
+    from chat.toolbox import Toolbox
+
+    done: list[str] = []
+    append, run = services.turns_append, Toolbox.run
+
+    def recorded_append(**kwargs):
+        stored = append(**kwargs)
+        done.append("tool step stored" if kwargs.get("tool_results") else kwargs["messages"][0]["role"])
+        return stored
+
+    def recorded_run(self, call, context, **kwargs):
+        done.append(f"ran {call.name}")
+        return run(self, call, context, **kwargs)
+
+    monkeypatch.setattr(services, "turns_append", recorded_append)
+    monkeypatch.setattr(Toolbox, "run", recorded_run)
+    return done
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_tool_steps_write_goes_on_while_the_model_is_called_again(chat_model, monkeypatch, tool_steps_stored):
+    """The tool step's store waits here until the model has been called again: the turn does not wait for
+    it to call the model, and its answer is stored after it, in order."""
+    from chat import services
+
+    second_call = threading.Event()
+    complete = chat_model.complete
+
+    async def entering(messages, tools, on_delta):
+        if chat_model.calls == 1:
+            second_call.set()
+        return await complete(messages, tools, on_delta)
+
+    append = services.turns_append
+
+    def held_until_the_model_is_called(**kwargs):
+        if kwargs.get("tool_results"):
+            assert second_call.wait(10), "the turn waited for the tool step's write to call the model"
+        return append(**kwargs)
+
+    monkeypatch.setattr(chat_model, "complete", entering)
+    monkeypatch.setattr(services, "turns_append", held_until_the_model_is_called)
+    chat = await Chat.start()
+    chat_model.queue(calls(("get_ticket_status", {"ticket_id": "12345"})), say_text("Please verify first."))
+    frames = await chat.say("Where is ticket 12345?")
+    assert [f["text"] for f in frames if f["type"] == "message"][-1] == "Please verify first."
+    assert [(t.role, t.is_error) for t in await chat.turns()][-4:] == [
+        ("user", False), ("assistant", False), ("tool", True), ("assistant", False)
+    ]
+    assert tool_steps_stored == ["ran get_ticket_status", "tool step stored", "assistant"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_tool_runs_only_once_the_write_before_it_is_done(chat_model, monkeypatch, tool_steps_stored):
+    from chat import services
+
+    append = services.turns_append
+
+    def slow(**kwargs):
+        if kwargs.get("tool_results"):
+            time.sleep(0.3)  # far longer than the scripted model takes to call the next tool
+        return append(**kwargs)
+
+    monkeypatch.setattr(services, "turns_append", slow)
+    chat = await Chat.start()
+    chat_model.queue(
+        calls(("get_ticket_status", {"ticket_id": "12345"})),
+        calls(("get_ticket_status", {"ticket_id": "67890"})),
+        say_text("Please verify first."),
+    )
+    await chat.say("Where are tickets 12345 and 67890?")
+    assert tool_steps_stored == [
+        "ran get_ticket_status", "tool step stored", "ran get_ticket_status", "tool step stored", "assistant"
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_tool_steps_write_that_fails_fails_the_turn_and_the_next_message_works(chat_model, monkeypatch):
+    """The failure surfaces at the turn's next step: the customer is told, nothing after it is stored, the
+    conversation stays usable."""
+    from django.db import OperationalError
+
+    from chat import services
+
+    append = services.turns_append
+
+    def failing_once(**kwargs):
+        if kwargs.get("tool_results"):
+            monkeypatch.setattr(services, "turns_append", append)
+            raise OperationalError("the database went away")
+        return append(**kwargs)
+
+    monkeypatch.setattr(services, "turns_append", failing_once)
+    chat = await Chat.start()
+    chat_model.queue(calls(("get_ticket_status", {"ticket_id": "12345"})), say_text("Please verify first."))
+    frames = await chat.respond("Where is ticket 12345?")
+    assert [f["code"] for f in frames if f["type"] == "error"] == ["internal_error"]
+    assert "Please verify first." not in [f.get("text") for f in frames if f["type"] == "message"]
+    turns = await chat.turns()
+    assert [(t.role, t.error_code) for t in turns][-2:] == [("user", ""), ("error", "internal_error")]
+    chat_model.replies.clear()  # whatever the failed turn left unsaid
+    chat_model.queue(say_text("Here again."))
+    assert [f["text"] for f in await chat.say("Hello?") if f["type"] == "message"][-1] == "Here again."
+
+
 @pytest.mark.parametrize(
     ("database_url", "threads"),
     [("sqlite:////tmp/threads.sqlite3", "1"), ("postgres://postgres@127.0.0.1:5432/test", "4")],

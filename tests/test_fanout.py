@@ -76,8 +76,10 @@ class PausingModel:
 
 
 async def until(condition: Callable[[], bool]) -> None:
+    """Poll the fanout's state (nothing signals it) until ``condition`` holds."""
+
     async def polled() -> None:
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - no event to wait on: a socket's handler sets plain state
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(polled(), timeout=TIMEOUT)
