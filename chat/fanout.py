@@ -123,6 +123,10 @@ class ConversationFanout:
     during the turn ends it. Once a frame of the turn has gone through the layer, the rest do too, so no
     socket receives a frame before an earlier one still queued in the layer. A socket that fails to take a
     frame (it is closing) does not fail the turn.
+
+    When none of this process's sockets listens (the customer left mid-turn), no join can be heard here:
+    who listens is read before each frame but a delta, and while nobody does the frames go nowhere, rather
+    than a group send each for a conversation nobody watches.
     """
 
     def __init__(self, layer: BaseChannelLayer, group: str, origin: str) -> None:
@@ -131,11 +135,19 @@ class ConversationFanout:
         self.origin = origin
         self.via_layer = False
         self.checked = False
+        self.unheard: bool | None = None  # read with none of ours listening: nobody listens at all
 
     async def __call__(self, frame: dict[str, Any]) -> None:
         event = {"type": "chat.frame", "frame": frame, "origin": self.origin}
         if not self.via_layer:
-            if self.checked:
+            if self.group not in _local:
+                if frame.get("type") != "delta" or self.unheard is None:
+                    members = await _members(self.layer, self.group)
+                    self.unheard = members is not None and not members
+                    self.via_layer = not self.unheard
+                if self.unheard:
+                    return
+            elif self.checked:
                 self.via_layer = not _known_ours(self.group)
             else:
                 self.via_layer = not await _read_ours(self.layer, self.group)

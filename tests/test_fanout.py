@@ -17,6 +17,7 @@ import pytest
 from chat import fanout
 from chat.agent import Message, ModelReply
 from chat.consumers import conversation_group
+from tests.support.history import stored_turns
 from tests.support.sockets import (
     TIMEOUT,
     assistant_texts,
@@ -168,3 +169,41 @@ async def test_a_join_heard_while_the_members_are_read_is_not_forgotten(chat_mod
     await operator.disconnect()
     await customer.disconnect()
     assert assistant_texts(watched) == assistant_texts(greeting) != []
+
+
+async def test_a_turn_whose_customer_left_sends_nothing_through_the_layer_while_nobody_listens(
+    settings, members_read
+):
+    """With none of this process's sockets in the group no join is heard here: who listens is read before
+    each frame but a delta, and while nobody does the frames go nowhere (no group send per delta)."""
+    from channels.layers import get_channel_layer
+
+    from chat import consumers, llm
+
+    settings.CHAT_DELTA_COALESCE_MS = 0
+    model = PausingModel()
+    with llm.chat_model_override(model):
+        customer, conversation_id = await open_chat(None)
+        await until_idle(customer)
+        group = conversation_group(conversation_id)
+        await customer.send_json_to({"type": "message", "text": "Hello"})
+        await asyncio.wait_for(model.paused.wait(), timeout=TIMEOUT)
+        await customer.disconnect()
+        await until(lambda: group not in fanout._local)
+
+        layer = get_channel_layer()
+        sent: list[str] = []
+        group_send = layer.group_send
+
+        async def counted(group_: str, message: dict[str, Any]) -> None:
+            sent.append(group_)
+            await group_send(group_, message)
+
+        layer.group_send = counted
+        members_read.clear()
+        model.go.set()
+        await asyncio.wait_for(asyncio.gather(*consumers.running_turns), timeout=TIMEOUT)
+
+    assert group not in sent
+    assert members_read == [group] * 3  # the first delta after the customer left, the answer, idle
+    assert [text for role, text in await stored_turns(conversation_id) if role == "assistant"][-1] == "one two three."
