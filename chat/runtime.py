@@ -437,8 +437,9 @@ async def conversation_respond(
         raise
     finally:
         in_order()
-        # Once the conversation is free, so a socket hearing idle finds it free (a refusal right after it
-        # says idle too); the next turn's first frame needs a database step first, so it never overtakes.
+        # Once the conversation is free here (its lease still being given back, which whatever asks here
+        # next waits for), so a socket hearing idle finds it free (a refusal right after it says idle too);
+        # the next turn's first frame needs a database step first, so it never overtakes.
         if held or arrival is None:
             await emit(protocol.idle())
 

@@ -5,6 +5,10 @@ processes may serve one conversation (two tabs behind a balancer), the turn also
 (``CHAT_TURN_LEASE_URL``, by default ``REDIS_URL``): a key that only its holder may delete, renewed while
 the turn runs and expiring on its own if the process dies. Across processes the lease gives exclusion,
 not strict arrival order: waiters in different processes poll for it.
+
+A turn gives its lease back behind it: the round trip is off the turn's path (its ``idle`` goes at once),
+and whatever in this process next asks about the conversation (a turn, ``conversation_busy``) waits for
+the release first, so it never finds the conversation held by a turn that is over.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ POOL_WAIT_SECONDS = 20  # a command waiting this long for a free connection fail
 
 _locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
 _arrival_gates: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
+_releasing: dict[uuid.UUID, asyncio.Future[None]] = {}  # per conversation: its lease being given back
 _holders: Counter[uuid.UUID] = Counter()  # per conversation: turns of this process holding or awaiting the lock
 _lease_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
     weakref.WeakKeyDictionary()
@@ -76,7 +81,17 @@ async def conversation_busy(conversation_id: uuid.UUID) -> bool:
     if lock is not None and lock.locked():
         return True
     client = _lease_client()
-    return client is not None and bool(await client.exists(_lease_name(conversation_id)))
+    if client is None:
+        return False
+    await _released(conversation_id)
+    return bool(await client.exists(_lease_name(conversation_id)))
+
+
+async def _released(conversation_id: uuid.UUID) -> None:
+    """Once this process's turn that just ended has given the conversation's lease back."""
+    releasing = _releasing.get(conversation_id)
+    if releasing is not None and releasing.get_loop() is asyncio.get_running_loop():
+        await asyncio.shield(releasing)  # a waiter cancelled does not cancel the release
 
 
 async def conversation_wait_free(conversation_id: uuid.UUID) -> None:
@@ -130,6 +145,7 @@ async def _redis_lease(
     lease = client.lock(
         _lease_name(conversation_id), timeout=LEASE_SECONDS, sleep=LEASE_POLL_SECONDS, thread_local=False
     )
+    await _released(conversation_id)
     if before_waiting is None or not await lease.acquire(blocking=False):
         if before_waiting is not None:
             await before_waiting()  # another process's turn holds the conversation
@@ -139,10 +155,22 @@ async def _redis_lease(
         yield
     finally:
         renewal.cancel()
-        try:
-            await lease.release()
-        except redis.exceptions.LockError:
-            logger.warning("the turn lease of conversation %s had expired", conversation_id)
+        releasing = _releasing[conversation_id] = asyncio.ensure_future(_release(lease, conversation_id))
+
+        def forget(done: asyncio.Future[None]) -> None:
+            if _releasing.get(conversation_id) is done:
+                del _releasing[conversation_id]
+
+        releasing.add_done_callback(forget)
+
+
+async def _release(lease: redis.asyncio.lock.Lock, conversation_id: uuid.UUID) -> None:
+    try:
+        await lease.release()
+    except redis.exceptions.LockError:
+        logger.warning("the turn lease of conversation %s had expired", conversation_id)
+    except Exception:  # Redis unreachable: the lease expires by itself within LEASE_SECONDS
+        logger.exception("could not give back the turn lease of conversation %s", conversation_id)
 
 
 async def _renew(lease: redis.asyncio.lock.Lock, conversation_id: uuid.UUID) -> None:

@@ -458,6 +458,48 @@ async def test_a_turn_waits_for_a_turn_running_in_another_process(model):
 
 
 @needs_redis
+async def test_a_turn_gives_its_lease_back_behind_it(monkeypatch):
+    """The release's round trip is off the turn's path (its idle goes at once); the next turn of this
+    process, and whether the conversation is busy, wait for the release instead of finding it held."""
+    import redis.asyncio.lock
+
+    conversation_id = uuid.uuid4()
+    may_release = asyncio.Event()
+    do_release = redis.asyncio.lock.Lock.do_release
+
+    async def held_release(self, expected_token):
+        await may_release.wait()
+        await do_release(self, expected_token)
+
+    monkeypatch.setattr(redis.asyncio.lock.Lock, "do_release", held_release)
+
+    async def turn() -> None:
+        async with turnlock.conversation_lock(conversation_id):
+            pass
+
+    await asyncio.wait_for(turn(), timeout=1)  # over while its lease is still being given back
+    assert await turnlock._lease_client().exists(turnlock._lease_name(conversation_id))
+    stored_to_wait = []
+
+    async def store_to_wait() -> None:
+        stored_to_wait.append(True)
+
+    async def next_turn() -> str:
+        async with turnlock.conversation_lock(conversation_id, before_waiting=store_to_wait):
+            return "entered"
+
+    busy = asyncio.create_task(turnlock.conversation_busy(conversation_id))
+    following = asyncio.create_task(next_turn())
+    done, _ = await asyncio.wait([busy, following], timeout=0.2)
+    assert not done, "both wait for the release"
+    may_release.set()
+    assert await asyncio.wait_for(busy, timeout=5) is False
+    assert await asyncio.wait_for(following, timeout=5) == "entered"
+    assert stored_to_wait == [], "a conversation free but for our own release is not waited on as another's"
+    assert not await turnlock.conversation_busy(conversation_id)
+
+
+@needs_redis
 async def test_resuming_while_another_process_runs_a_turn_sends_no_idle(model):
     session_key = await new_session_key()
     communicator, conversation_id = await greeted(session_key)
