@@ -3,6 +3,7 @@
     make bench                                  # the default matrix (a few minutes)
     .venv/bin/python scripts/bench.py --customers 1 100 --setups sqlite pg-redis-2
     .venv/bin/python scripts/bench.py --customers 100 --rounds 3   # medians of 3 rounds, CPU with its range
+    .venv/bin/python scripts/bench.py --setups pg-redis pg-redis-2 --customers 100 --cpu-share 0.5  # scale-out
 
 Both arms talk to the same local OpenAI-compatible test server (started here, in its own process),
 which answers like the builtin model after ``--ttft-ms`` and streams a word every ``--gap-ms``:
@@ -20,6 +21,11 @@ in this process, for comparison), turns/s, turn p50 / p99, the p50 added over th
 (error frames, failed sockets), and how busy the whole machine was meanwhile (all cores, from
 ``/proc/stat``: near 100 %, the machine and not the server is the limit). The per-address flood limits
 are raised through the environment: every customer here comes from 127.0.0.1.
+
+``--cpu-share F`` holds each daphne process to F of one core (a cgroup each, as root), as if each had a
+core of its own: on a machine whose cores the load generator, the model server, PostgreSQL and Redis
+share with the servers, one process against two then measures how the design scales out, not how many
+cores are left.
 """
 
 from __future__ import annotations
@@ -297,10 +303,40 @@ def prepare_stores(env: dict[str, str], database: str, layer: str, options: argp
         subprocess.run([sys.executable, "manage.py", *step], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
-def start_servers(env: dict[str, str], count: int, logs: Path) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
-    """``count`` daphne processes; their output goes to ``logs``/daphne-<port>.log (shown on errors)."""
+def cpu_cap(pid: int, share: float) -> Path:
+    """Hold the process (all its threads) to ``share`` of one core, in a control group of its own: as if
+    it ran on a core of its own that fast. The group's folder, to remove once the process is gone.
+
+    With every server process capped, the load generator, the model server, PostgreSQL and Redis keep the
+    rest of the machine, so one process against two measures the design's scale-out rather than a small
+    machine's cores (on 2 cores, two uncapped daphnes compete with all of those). Needs root and the
+    cgroup v2 ``cpu`` controller, or v1's.
+    """
+    period = 10_000  # short: the process runs in 4 ms slices, not 40 ms bursts then 60 ms stalls
+    quota = max(1000, round(share * period))
+    v2, v1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu")
+    if (v2 / "cgroup.controllers").exists():
+        group = v2 / f"bench-daphne-{pid}"
+        group.mkdir()
+        (group / "cpu.max").write_text(f"{quota} {period}")
+    elif (v1 / "cpu.cfs_quota_us").exists():
+        group = v1 / f"bench-daphne-{pid}"
+        group.mkdir()
+        (group / "cpu.cfs_period_us").write_text(str(period))
+        (group / "cpu.cfs_quota_us").write_text(str(quota))
+    else:
+        raise SystemExit("--cpu-share needs a cgroup cpu controller (/sys/fs/cgroup)")
+    (group / "cgroup.procs").write_text(str(pid))
+    return group
+
+
+def start_servers(
+    env: dict[str, str], count: int, logs: Path, cpu_share: float | None = None
+) -> tuple[list[subprocess.Popen[bytes]], list[int], list[Path]]:
+    """``count`` daphne processes, each held to ``cpu_share`` of a core when given (``cpu_cap``), and
+    their control groups; their output goes to ``logs``/daphne-<port>.log (shown on errors)."""
     daphne = Path(sys.executable).with_name("daphne")
-    servers, ports = [], []
+    servers, ports, groups = [], [], []
     for _ in range(count):
         port = free_port()
         log = (logs / f"daphne-{port}.log").open("wb")
@@ -309,9 +345,11 @@ def start_servers(env: dict[str, str], count: int, logs: Path) -> tuple[list[sub
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
         ))
         ports.append(port)
+        if cpu_share is not None:
+            groups.append(cpu_cap(servers[-1].pid, cpu_share))
     for server, port in zip(servers, ports, strict=True):
         wait_for_port(port, server, "daphne")
-    return servers, ports
+    return servers, ports, groups
 
 
 def measure_product(setup: str, customers: list[int], model_url: str, options: argparse.Namespace) -> dict[int, Run]:
@@ -322,7 +360,7 @@ def measure_product(setup: str, customers: list[int], model_url: str, options: a
         prepare_stores(env, database, layer, options)
         logs = Path(options.logs or folder)
         logs.mkdir(parents=True, exist_ok=True)
-        servers, ports = start_servers(env, processes, logs)
+        servers, ports, groups = start_servers(env, processes, logs, options.cpu_share)
         try:
             asyncio.run(load(processes, 1, lambda n, run, rounds: product_customer(ports, n, run, rounds)))  # warm-up
             for count in customers:
@@ -341,6 +379,9 @@ def measure_product(setup: str, customers: list[int], model_url: str, options: a
                     server.wait(15)
                 except subprocess.TimeoutExpired:
                     server.kill()
+                    server.wait()
+            for group in groups:
+                group.rmdir()
             if any(run.errors for run in results.values()):
                 for log in logs.glob("daphne-*.log"):
                     print(f"  the end of {log.name}:\n{log.read_text()[-3000:]}", file=sys.stderr)
@@ -399,6 +440,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure the whole matrix this many times, each setup on fresh stores and servers, "
                              "and print the medians (rows move by 10-20%% between runs on a shared machine)")
+    parser.add_argument("--cpu-share", type=float, metavar="FRACTION",
+                        help="hold each daphne process to this share of one core (a cgroup each; root): "
+                             "one process against two then measures scale-out, not the machine's cores")
     parser.add_argument("--serve-model", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.serve_model:
@@ -434,6 +478,7 @@ def main() -> None:
     print(f"\nseed conversation (greeting + {len(SEED)} messages, 6 model calls, 2 tool calls); model: first token "
           f"after {options.ttft_ms:.0f} ms, a word every {options.gap_ms:.0f} ms; {os.cpu_count()} cores; "
           f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+          + (f"; each daphne process held to {options.cpu_share:g} of a core" if options.cpu_share else "")
           + (f"; medians of {options.rounds} rounds" if options.rounds > 1 else "") + "\n")
     print("| arm | customers | server CPU per turn | turns/s | turn p50 | turn p99 | p50 added over bare | errors "
           "| machine busy |")

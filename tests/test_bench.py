@@ -3,10 +3,15 @@ turns, asserting what it printed, never how fast (speed is measured with ``make 
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,3 +54,37 @@ def test_the_step_timer_times_each_database_step_of_a_turn():
         "a customer message: stored, turn start (beyond the start)",
     ]
     assert all(re.fullmatch(r"-?[\d.]+ ms", cell) for row in rows[2:] for cell in row[1:]), rows
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+CAN_CAP = os.geteuid() == 0 and any(
+    path.exists() for path in (Path("/sys/fs/cgroup/cgroup.controllers"), Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))
+)
+
+
+@pytest.mark.skipif(not CAN_CAP, reason="holding a process to a share of a core needs root and a cgroup cpu controller")
+def test_a_server_process_held_to_a_share_of_a_core_gets_no_more():
+    """``--cpu-share``: the process (a busy loop here, a daphne in the benchmark) runs at the share it was
+    given, and its control group goes once it is gone."""
+    bench = _bench_module()
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        group = bench.cpu_cap(spinner.pid, 0.2)
+        assert (group / "cgroup.procs").read_text().split() == [str(spinner.pid)]
+        cpu, started = bench.cpu_seconds(spinner.pid), time.monotonic()
+        time.sleep(1.0)
+        share = (bench.cpu_seconds(spinner.pid) - cpu) / (time.monotonic() - started)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    throttled = dict(line.split() for line in (group / "cpu.stat").read_text().splitlines())["nr_throttled"]
+    group.rmdir()
+    assert share < 0.35, f"held to 0.2 of a core, it took {share:.2f}"
+    assert int(throttled) > 0
+    assert not group.exists()
