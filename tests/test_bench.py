@@ -63,9 +63,24 @@ def _bench_module():
     return module
 
 
-CAN_CAP = os.geteuid() == 0 and any(
-    path.exists() for path in (Path("/sys/fs/cgroup/cgroup.controllers"), Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))
-)
+def _can_cap() -> bool:
+    """Whether this machine lets us make a cgroup with a cpu controller (root, v2 or v1's ``cpu``)."""
+    for parent, control in ((Path("/sys/fs/cgroup"), "cpu.max"), (Path("/sys/fs/cgroup/cpu"), "cpu.cfs_quota_us")):
+        if not (parent / ("cgroup.controllers" if control == "cpu.max" else control)).exists():
+            continue
+        probe = parent / f"bench-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+        except OSError:
+            return False
+        try:
+            return (probe / control).exists()
+        finally:
+            probe.rmdir()
+    return False
+
+
+CAN_CAP = _can_cap()
 
 
 @pytest.mark.skipif(not CAN_CAP, reason="holding a process to a share of a core needs root and a cgroup cpu controller")

@@ -500,6 +500,27 @@ async def test_a_turn_gives_its_lease_back_behind_it(monkeypatch):
 
 
 @needs_redis
+async def test_a_lease_that_cannot_be_given_back_is_logged_and_expires(monkeypatch, caplog):
+    """Redis failing as a turn ends: the turn is over all the same (the failure is logged, not raised into
+    it), and the lease expires by itself; the process asks Redis again for the next turn."""
+    import redis.asyncio.lock
+    import redis.exceptions
+
+    async def unreachable(self, expected_token):
+        raise redis.exceptions.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(redis.asyncio.lock.Lock, "do_release", unreachable)
+    conversation_id = uuid.uuid4()
+    async with turnlock.conversation_lock(conversation_id):
+        pass
+    await asyncio.sleep(0.05)  # the release, behind the turn
+    assert "could not give back the turn lease" in caplog.text
+    assert await turnlock._lease_client().pttl(turnlock._lease_name(conversation_id)) > 0, "it expires by itself"
+    assert not turnlock._releasing, "nothing is left waiting on it"
+    await turnlock._lease_client().delete(turnlock._lease_name(conversation_id))
+
+
+@needs_redis
 async def test_resuming_while_another_process_runs_a_turn_sends_no_idle(model):
     session_key = await new_session_key()
     communicator, conversation_id = await greeted(session_key)
