@@ -38,7 +38,7 @@ from chat.models import Conversation, Holder
 from chat.protocol import CustomerError
 from chat.secrets import MaskedStream, SecretKeeper
 from chat.toolbox import Toolbox, ToolContext, get_toolbox
-from chat.turnlock import arrivals_in_order, conversation_lock
+from chat.turnlock import arrivals_in_order, conversation_lock, lease_given_back
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +365,9 @@ async def conversation_respond(
 
     held = False
     try:
-        async with conversation_lock(conversation_id, before_waiting=store_before_waiting if arrival else None):
+        async with conversation_lock(
+            conversation_id, before_waiting=store_before_waiting if arrival else None, release_behind=True
+        ):
             held = True
             try:
                 if arrival is not None and not stored:
@@ -442,6 +444,7 @@ async def conversation_respond(
         # the next turn's first frame needs a database step first, so it never overtakes.
         if held or arrival is None:
             await emit(protocol.idle())
+        await lease_given_back(conversation_id)  # behind the idle, and before the turn ends
 
 
 async def _kept(arrival: Arrival) -> bool:

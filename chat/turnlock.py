@@ -6,9 +6,11 @@ processes may serve one conversation (two tabs behind a balancer), the turn also
 the turn runs and expiring on its own if the process dies. Across processes the lease gives exclusion,
 not strict arrival order: waiters in different processes poll for it.
 
-A turn gives its lease back behind it: the round trip is off the turn's path (its ``idle`` goes at once),
-and whatever in this process next asks about the conversation (a turn, ``conversation_busy``) waits for
-the release first, so it never finds the conversation held by a turn that is over.
+A turn may give its lease back behind it (``release_behind``): the round trip is then off the turn's path
+(its ``idle`` goes at once), the turn awaits ``lease_given_back`` after that, so the release is done before
+the turn's coroutine ends (a loop made for one call, as ``async_to_sync``'s, would drop it), and whatever
+in this process asks about the conversation meanwhile (a turn, ``conversation_busy``) waits for the
+release first, so it never finds the conversation held by a turn that is over.
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ async def conversation_busy(conversation_id: uuid.UUID) -> bool:
     return bool(await client.exists(_lease_name(conversation_id)))
 
 
+async def lease_given_back(conversation_id: uuid.UUID) -> None:
+    """Once this process's turn that just ended has given the conversation's lease back."""
+    await _released(conversation_id)
+
+
 async def _released(conversation_id: uuid.UUID) -> None:
     """Once this process's turn that just ended has given the conversation's lease back."""
     releasing = _releasing.get(conversation_id)
@@ -107,12 +114,17 @@ async def conversation_wait_free(conversation_id: uuid.UUID) -> None:
 
 @asynccontextmanager
 async def conversation_lock(
-    conversation_id: uuid.UUID, *, before_waiting: Callable[[], Awaitable[None]] | None = None
+    conversation_id: uuid.UUID,
+    *,
+    before_waiting: Callable[[], Awaitable[None]] | None = None,
+    release_behind: bool = False,
 ) -> AsyncIterator[None]:
     """One turn at a time per conversation: in arrival order in this process, exclusive across processes.
 
     ``before_waiting`` runs only when the conversation is not free at once (a turn of this process holds or
     awaits it, or another process holds the lease), before waiting; what it raises is raised, nothing held.
+    With ``release_behind`` the Redis lease is given back behind the block: the caller must await
+    ``lease_given_back`` before it returns.
     """
     lock = _locks.get(conversation_id)
     if lock is None:
@@ -130,6 +142,8 @@ async def conversation_lock(
                 return
             async with _redis_lease(client, conversation_id, before_waiting):
                 yield
+            if not release_behind:
+                await _released(conversation_id)
     finally:
         _holders[conversation_id] -= 1
         if not _holders[conversation_id]:

@@ -474,7 +474,7 @@ async def test_a_turn_gives_its_lease_back_behind_it(monkeypatch):
     monkeypatch.setattr(redis.asyncio.lock.Lock, "do_release", held_release)
 
     async def turn() -> None:
-        async with turnlock.conversation_lock(conversation_id):
+        async with turnlock.conversation_lock(conversation_id, release_behind=True):
             pass
 
     await asyncio.wait_for(turn(), timeout=1)  # over while its lease is still being given back
@@ -497,6 +497,30 @@ async def test_a_turn_gives_its_lease_back_behind_it(monkeypatch):
     assert await asyncio.wait_for(following, timeout=5) == "entered"
     assert stored_to_wait == [], "a conversation free but for our own release is not waited on as another's"
     assert not await turnlock.conversation_busy(conversation_id)
+
+
+@needs_redis
+def test_a_turn_run_from_sync_code_has_given_its_lease_back_when_it_returns(model):
+    """``async_to_sync`` (the ``chat`` and ``evaluate`` commands, the operators' pages) runs each call on a
+    loop of its own that ends with it: a release left behind there would be dropped, and the next turn
+    would wait for the lease to expire (15 s)."""
+    import redis
+    from asgiref.sync import async_to_sync
+
+    from chat import services
+    from chat.runtime import conversation_respond
+
+    conversation = services.conversation_start(session_key="s" * 32)
+
+    async def ignore(frame) -> None:
+        return None
+
+    started = time.monotonic()
+    for text in ("Hello", "Hello again"):
+        async_to_sync(conversation_respond)(conversation_id=conversation.id, emit=ignore, customer_text=text)
+        lease = redis.Redis.from_url(django_settings.CHAT_TURN_LEASE_URL).exists(turnlock._lease_name(conversation.id))
+        assert not lease, "the lease is given back before the turn returns"
+    assert time.monotonic() - started < 10, "the second turn did not wait for the first one's lease to expire"
 
 
 @needs_redis
