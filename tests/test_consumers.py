@@ -501,9 +501,9 @@ async def test_a_turn_gives_its_lease_back_behind_it(monkeypatch):
 
 @needs_redis
 def test_a_turn_run_from_sync_code_has_given_its_lease_back_when_it_returns(model):
-    """``async_to_sync`` (the ``chat`` and ``evaluate`` commands, the operators' pages) runs each call on a
-    loop of its own that ends with it: a release left behind there would be dropped, and the next turn
-    would wait for the lease to expire (15 s)."""
+    """``async_to_sync`` runs each call on a loop of its own that ends with it (so does ``asyncio.run``, for
+    the last turn of the ``chat`` command or an evaluation run): a release left behind there would be
+    dropped, and the next turn would wait for the lease to expire (15 s)."""
     import redis
     from asgiref.sync import async_to_sync
 
