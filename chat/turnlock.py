@@ -85,16 +85,11 @@ async def conversation_busy(conversation_id: uuid.UUID) -> bool:
     client = _lease_client()
     if client is None:
         return False
-    await _released(conversation_id)
+    await lease_given_back(conversation_id)
     return bool(await client.exists(_lease_name(conversation_id)))
 
 
 async def lease_given_back(conversation_id: uuid.UUID) -> None:
-    """Once this process's turn that just ended has given the conversation's lease back."""
-    await _released(conversation_id)
-
-
-async def _released(conversation_id: uuid.UUID) -> None:
     """Once this process's turn that just ended has given the conversation's lease back."""
     releasing = _releasing.get(conversation_id)
     if releasing is not None and releasing.get_loop() is asyncio.get_running_loop():
@@ -140,10 +135,12 @@ async def conversation_lock(
             if client is None:
                 yield
                 return
-            async with _redis_lease(client, conversation_id, before_waiting):
-                yield
-            if not release_behind:
-                await _released(conversation_id)
+            try:
+                async with _redis_lease(client, conversation_id, before_waiting):
+                    yield
+            finally:  # however the block ended
+                if not release_behind:
+                    await lease_given_back(conversation_id)
     finally:
         _holders[conversation_id] -= 1
         if not _holders[conversation_id]:
@@ -159,7 +156,7 @@ async def _redis_lease(
     lease = client.lock(
         _lease_name(conversation_id), timeout=LEASE_SECONDS, sleep=LEASE_POLL_SECONDS, thread_local=False
     )
-    await _released(conversation_id)
+    await lease_given_back(conversation_id)
     if before_waiting is None or not await lease.acquire(blocking=False):
         if before_waiting is not None:
             await before_waiting()  # another process's turn holds the conversation

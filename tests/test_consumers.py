@@ -500,6 +500,26 @@ async def test_a_turn_gives_its_lease_back_behind_it(monkeypatch):
 
 
 @needs_redis
+async def test_a_holder_whose_block_fails_has_given_the_lease_back_when_it_lets_go(monkeypatch):
+    """Without ``release_behind`` (a person's handoff steps) the lease is given back before the lock lets go,
+    however the block ended: a failure in it leaves no release behind for a loop to drop."""
+    import redis.asyncio.lock
+
+    do_release = redis.asyncio.lock.Lock.do_release
+
+    async def slow_release(self, expected_token):
+        await asyncio.sleep(0.2)
+        await do_release(self, expected_token)
+
+    monkeypatch.setattr(redis.asyncio.lock.Lock, "do_release", slow_release)
+    conversation_id = uuid.uuid4()
+    with pytest.raises(RuntimeError):
+        async with turnlock.conversation_lock(conversation_id):
+            raise RuntimeError("the step failed")
+    assert not await turnlock._lease_client().exists(turnlock._lease_name(conversation_id))
+
+
+@needs_redis
 def test_a_turn_run_from_sync_code_has_given_its_lease_back_when_it_returns(model):
     """``async_to_sync`` runs each call on a loop of its own that ends with it (so does ``asyncio.run``, for
     the last turn of the ``chat`` command or an evaluation run): a release left behind there would be
