@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 
 from django.contrib.sessions.backends.base import SessionBase
 
-from chat import fanout, handoff, identity, limits, modelstatus, protocol, services
+from chat import earlycall, fanout, handoff, identity, limits, modelstatus, protocol, services
 from chat.confirmations import (
     confirmation_decide,
     confirmation_wake,
@@ -20,6 +20,7 @@ from chat.confirmations import (
 )
 from chat.db import database_sync_to_async
 from chat.frames import ConfirmFrame, HumanFrame, parse_client_frame
+from chat.prompts import SYSTEM_PROMPT
 from chat.protocol import CustomerError
 from chat.runtime import Arrival, Attached, conversation_attach, conversation_respond
 from chat.sockets import Socket
@@ -136,10 +137,14 @@ class ChatConsumer(Socket):
             await self.send_json(modelstatus.status_frame())
         for frame in await self._live_replay(attached.replay):
             await self.send_json(frame)
+        if attached.created and attached.conversation.customer_id is None:
+            earlycall.expect(self.conversation_id, [{"role": "system", "content": SYSTEM_PROMPT}])
+        else:  # it may have changed anywhere since this process last ran a turn of it (a sign-in: verified)
+            earlycall.forget(self.conversation_id)
         if attached.created or attached.waiting:
             # The greeting; or messages stored and not yet taken (their process may have died): the turn
             # waits for any running one, then answers them (and does nothing if another turn took them).
-            self._start_turn()
+            self._start_turn(early_call=attached.created)
         elif not await conversation_busy(self.conversation_id):
             await self.send_json(protocol.idle())
         else:
@@ -221,7 +226,8 @@ class ChatConsumer(Socket):
                 ),
                 store=functools.partial(self._store_waiting, frame.text),
                 refuse=self._refuse,
-            )
+            ),
+            early_call=fanout.known_ours(self.group),  # no other process's socket can have changed it
         )
 
     async def _store_waiting(self, text: str) -> None:
@@ -264,15 +270,17 @@ class ChatConsumer(Socket):
         if hasattr(self, "group"):
             fanout.joined(self.group, event["channel"])
 
-    def _start_turn(self, arrival: Arrival | None = None) -> None:
+    def _start_turn(self, arrival: Arrival | None = None, *, early_call: bool = False) -> None:
         """Run a turn as a task of its own: it finishes, and is stored, even if this socket closes. It
         answers the conversation's oldest waiting message (``arrival``, just received, is stored first), or
-        greets a new conversation."""
+        greets a new conversation. ``early_call``: every listener of the conversation is this process's
+        (``runtime.conversation_respond``)."""
         task = asyncio.create_task(
             conversation_respond(
                 conversation_id=self.conversation_id,
                 emit=fanout.ConversationFanout(self.channel_layer, self.group, origin=self.channel_name),
                 arrival=arrival,
+                early_call=early_call,
             ),
             name=_turn_name(self.conversation_id),
         )
@@ -282,6 +290,7 @@ class ChatConsumer(Socket):
 
     def _start_handoff(self) -> None:
         """The customer asked for a person: queued behind any running turn, like a turn (and counted as one)."""
+        earlycall.forget(self.conversation_id)  # its next message goes to a person, not the model
         task = asyncio.create_task(
             handoff.customer_asks_for_human(
                 conversation_id=self.conversation_id,

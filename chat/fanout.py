@@ -94,14 +94,14 @@ async def _members(layer: BaseChannelLayer, group: str) -> set[str] | None:
     return None
 
 
-def _known_ours(group: str) -> bool:
+def known_ours(group: str) -> bool:
     """Whether every member of the group is known to be a customer socket of this process (no round trip)."""
     listeners = _local.get(group)
     return listeners is not None and listeners.only_ours
 
 
 async def _read_ours(layer: BaseChannelLayer, group: str) -> bool:
-    """``_known_ours``, the members read from the layer (and what they say remembered) when it is not known."""
+    """``known_ours``, the members read from the layer (and what they say remembered) when it is not known."""
     listeners = _local.get(group)
     if listeners is None:
         return False
@@ -148,7 +148,7 @@ class ConversationFanout:
                 if self.unheard:
                     return
             elif self.checked:
-                self.via_layer = not _known_ours(self.group)
+                self.via_layer = not known_ours(self.group)
             else:
                 self.via_layer = not await _read_ours(self.layer, self.group)
                 self.checked = True

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils.module_loading import import_string
 
-from chat import handoff, llm, protocol, selectors, services
+from chat import earlycall, handoff, llm, protocol, selectors, services
 from chat.agent import (
     Bounds,
     ConfirmRequest,
@@ -274,11 +274,16 @@ class Arrival:
     refuse: Callable[[CustomerError], Awaitable[None]]
 
 
-def turn_start_arriving(conversation_id: uuid.UUID, arrival: Arrival) -> TurnStart:
+def turn_start_arriving(
+    conversation_id: uuid.UUID, arrival: Arrival, admitted: Callable[[], object] | None = None
+) -> TurnStart:
     """``turn_start`` for a message that arrived at a free conversation: counted (``arrival.admit``, which
-    raises the refusal) and then, in the turn's first transaction, queued behind any message already
-    waiting, with a card left pending (its process died) dropped, as a message stored to wait drops it."""
+    raises the refusal; ``admitted`` is called once it did not) and then, in the turn's first transaction,
+    queued behind any message already waiting, with a card left pending (its process died) dropped, as a
+    message stored to wait drops it."""
     arrival.admit()
+    if admitted is not None:
+        admitted()
     return turn_start(
         conversation_id, arrival.text, also=[confirmations_supersede_statement(conversation_id=conversation_id)]
     )
@@ -329,7 +334,12 @@ def _needs_greeting(history: list[Message]) -> bool:
 
 
 async def conversation_respond(
-    *, conversation_id: uuid.UUID, emit: Emit, customer_text: str | None = None, arrival: Arrival | None = None
+    *,
+    conversation_id: uuid.UUID,
+    emit: Emit,
+    customer_text: str | None = None,
+    arrival: Arrival | None = None,
+    early_call: bool = False,
 ) -> TurnResult:
     """Run one turn and report it through ``emit``: answer the conversation's oldest waiting customer
     message (``customer_text``, when given, is stored to wait behind the others first; so is ``arrival``,
@@ -343,7 +353,32 @@ async def conversation_respond(
     next turn, on any process. A message past ``CHAT_MAX_CUSTOMER_MESSAGES`` is refused
     (``conversation_too_long``) without a model call. Every frame is masked by the conversation's secrets
     (``chat.secrets``) before it is emitted.
+
+    ``early_call``: every listener of the conversation is a customer socket of this process, so the model
+    may be called for an ``arrival`` (or the greeting) while the turn's first step runs, on what this
+    process expects that step to read (``chat.earlycall``).
     """
+    model = llm.get_chat_model()
+    early: earlycall.EarlyCall | None = None
+    asked = None  # what the model is to be asked early, once the message is admitted
+    if early_call and customer_text is None:
+        asked = earlycall.expected_request(conversation_id, arrival.text if arrival else None)
+    else:
+        earlycall.forget(conversation_id)
+
+    ended = False
+
+    def call_early() -> None:
+        nonlocal early
+        if not ended:
+            early = earlycall.EarlyCall(model, asked, get_toolbox().schemas)
+
+    admitted = None
+    if asked is not None:
+        if arrival is None:
+            call_early()  # the greeting: nothing to admit
+        else:  # from the database thread, once the flood limits took the message
+            admitted = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, call_early)
     stored = False
     gate = arrivals_in_order(conversation_id) if arrival is not None else None
     if gate is not None:
@@ -372,7 +407,7 @@ async def conversation_respond(
             try:
                 if arrival is not None and not stored:
                     try:
-                        turn = await database_sync_to_async(turn_start_arriving)(conversation_id, arrival)
+                        turn = await database_sync_to_async(turn_start_arriving)(conversation_id, arrival, admitted)
                     except CustomerError as refusal:  # over a flood limit: not stored, no turn
                         in_order()
                         await arrival.refuse(refusal)
@@ -399,7 +434,7 @@ async def conversation_respond(
                 transcript = StoredTranscript(conversation_id, turn.keeper)
                 try:
                     result = await run_turn(
-                        model=llm.get_chat_model(),
+                        model=earlycall.EarlyModel(model, early) if early is not None else model,
                         tools=ConversationTools(get_toolbox(), turn.tools, before=transcript.settle),
                         transcript=transcript,
                         history=turn.history,
@@ -422,6 +457,8 @@ async def conversation_respond(
                     raise
                 await transcript.settle()
                 await handoff.after_turn(conversation_id=conversation_id, result=result, emit=emit)
+                if _expectable(turn, result):
+                    earlycall.expect(conversation_id, turn.history)  # as stored: what the next turn reads
                 return result
             except Exception:
                 logger.exception("turn failed in conversation %s", conversation_id)
@@ -439,12 +476,26 @@ async def conversation_respond(
         raise
     finally:
         in_order()
+        ended = True
+        if early is not None:
+            early.cancel()  # not taken: the turn did not call the model, or asked something else
         # Once the conversation is free here (its lease still being given back, which whatever asks here
         # next waits for), so a socket hearing idle finds it free (a refusal right after it says idle too);
         # the next turn's first frame needs a database step first, so it never overtakes.
         if held or arrival is None:
             await emit(protocol.idle())
         await lease_given_back(conversation_id)  # behind the idle, and before the turn ends
+
+
+def _expectable(turn: TurnStart, result: TurnResult) -> bool:
+    """Whether the history a turn leaves (``run_turn`` extends ``turn.history`` in place) is what the next
+    turn will read, and may be sent early (``chat.earlycall``): an answered turn of a conversation still not
+    verified, whose customer's message was stored as typed (the model read it as typed)."""
+    return (
+        result.outcome == "answered"
+        and turn.tools.customer_id is None
+        and (turn.customer_stored is None or turn.customer_stored == {"role": "user", "content": turn.customer_text})
+    )
 
 
 async def _kept(arrival: Arrival) -> bool:

@@ -263,6 +263,8 @@ CHAT_BUILTIN_DELAY_MS = env_int("CHAT_BUILTIN_DELAY_MS", 25)
 
 # Streamed pieces of a reply are sent to the page at most once per this many milliseconds (coalesced).
 CHAT_DELTA_COALESCE_MS = env_int("CHAT_DELTA_COALESCE_MS", 50)
+# Call the model for a conversation's next turn while its first step is stored (chat.earlycall).
+CHAT_EARLY_MODEL_CALL = env_bool("CHAT_EARLY_MODEL_CALL", True)
 
 # THE AGENT'S BOUNDS: what one customer message may cost
 CHAT_MAX_MODEL_CALLS = env_int("CHAT_MAX_MODEL_CALLS", 8)

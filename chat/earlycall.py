@@ -1,0 +1,144 @@
+"""A turn's first model call, started while the turn's first database step runs.
+
+A turn's first step (``runtime.turn_start``) counts the customer's message, stores it and reads the history
+the model is then called with: a crossing to a database thread and, on PostgreSQL, four round trips, a few
+milliseconds on every turn's path before the model is even asked. Yet the process that ran a
+conversation's previous turn knows what that step will read: the history as that turn left it, and the
+message just received. So the model is called at once with that (``start``), side by side with the step,
+and the turn's own first model call takes the early call's reply (``EarlyModel``) when, and only when, it
+asks exactly the same: the same messages, tools and model, as built from what the step really read.
+Otherwise the early call is cancelled and the model is called afresh: a wasted request, never a wrong
+answer. Nothing of the early call is shown before the turn's own call takes it (its deltas are held), so
+every frame still follows the step that stores what it shows.
+
+An early call sends the model nothing a turn would not send it anyway:
+
+* only for a conversation that is not verified: its turns send the customer's text as typed (a key given
+  again must reach ``verify_user``), so the text needs no masking that only the database could tell. A
+  verified conversation's messages are masked by its customer's keys, read at the turn's start: never
+  called early;
+* only on what this process expects (``expect``): the history its own last turn of the conversation ended
+  with, all of which the model was sent in that turn, or a conversation it has just started. A socket
+  connecting to the conversation (it may come verified, from a signed-in page) forgets it, and so does
+  every turn that starts;
+* only while every listener of the conversation is a customer socket of this process (the caller says so,
+  from ``fanout``): no turn of another process can have changed the conversation (verified it) meanwhile.
+
+A message is sent early only once the flood limits admitted it (the turn's first step tells the event loop
+from its database thread, and goes on storing it meanwhile), and never past the conversation's length
+limit: a refused message is never sent to the model, early or not. A message that must wait for a running
+turn is never sent early. A turn that does not call the model after all (a person took the conversation
+meanwhile) cancels its early call: a wasted request at most per answered turn, since the expectation is
+taken by the first message that uses it, and only an answered turn leaves a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.conf import settings
+
+from chat.agent import ChatModel, Message, ModelReply
+from chat.history import trim_history
+
+EXPECTED_KEPT = 4096  # conversations whose next turn this process expects (the least recently used go first)
+
+_expected: OrderedDict[uuid.UUID, list[Message]] = OrderedDict()
+
+
+def expect(conversation_id: uuid.UUID, history: list[Message]) -> None:
+    """The history the conversation's next turn will read, as this process just left it (not verified)."""
+    _expected[conversation_id] = list(history)
+    _expected.move_to_end(conversation_id)
+    while len(_expected) > EXPECTED_KEPT:
+        _expected.popitem(last=False)
+
+
+def forget(conversation_id: uuid.UUID) -> None:
+    _expected.pop(conversation_id, None)
+
+
+class EarlyCall:
+    """One model call started before its turn knows it will make it; its deltas held until ``take``."""
+
+    def __init__(self, model: ChatModel, messages: list[Message], tools: list[Message]) -> None:
+        self.model = model
+        self.messages = messages
+        self.tools = tools
+        self.taken = False
+        self._held: list[str] = []
+        self._on_delta: Callable[[str], Awaitable[None]] | None = None
+        self._task = asyncio.ensure_future(model.complete(messages, tools, self._delta))
+        self._task.add_done_callback(_retrieved)
+
+    async def _delta(self, text: str) -> None:
+        if self._on_delta is None:
+            self._held.append(text)
+        else:
+            await self._on_delta(text)
+
+    def asks(self, model: ChatModel, messages: list[Message], tools: list[Message]) -> bool:
+        """Whether a call of ``model`` with these is the one already made."""
+        return model is self.model and (tools is self.tools or tools == self.tools) and messages == self.messages
+
+    async def take(self, on_delta: Callable[[str], Awaitable[None]]) -> ModelReply:
+        """The call's reply, its deltas so far given to ``on_delta`` first, the rest as they come."""
+        self.taken = True
+        try:
+            while self._held:
+                await on_delta(self._held.pop(0))
+            self._on_delta = on_delta  # no await since the last held piece: none can be skipped
+            return await self._task
+        except BaseException:
+            self._task.cancel()
+            raise
+
+    def cancel(self) -> None:
+        """Drop the call, unless its turn took it (a no-op once done)."""
+        if not self.taken:
+            self._task.cancel()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A failed call nobody took is not an error of its own (the turn's call, made afresh, reports one)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def expected_request(conversation_id: uuid.UUID, text: str | None) -> list[Message] | None:
+    """What the model is to be asked for the conversation's next turn, as it is expected to be (``expect``),
+    answering ``text`` (None: the greeting of a conversation just started); None when nothing is expected,
+    or when the message will be refused for the conversation's length (never a model call for it). Takes
+    the expectation: one early call per answered turn at most."""
+    history = _expected.pop(conversation_id, None)
+    if history is None or not settings.CHAT_EARLY_MODEL_CALL:
+        return None
+    if text is not None:
+        if sum(message["role"] == "user" for message in history) >= settings.CHAT_MAX_CUSTOMER_MESSAGES:
+            return None
+        history = [*history, {"role": "user", "content": text}]
+    return trim_history(history, settings.CHAT_HISTORY_TOKEN_BUDGET)
+
+
+class EarlyModel:
+    """The turn's ``ChatModel``: its first call takes the early call's reply when it asks exactly the same,
+    else cancels it and calls the model afresh."""
+
+    def __init__(self, model: ChatModel, early: EarlyCall) -> None:
+        self.model = model
+        self.name = model.name
+        self.early: EarlyCall | None = early
+
+    async def complete(
+        self, messages: list[Message], tools: list[Message], on_delta: Callable[[str], Awaitable[None]]
+    ) -> ModelReply:
+        early, self.early = self.early, None
+        if early is not None:
+            if early.asks(self.model, messages, tools):
+                return await early.take(on_delta)
+            early.cancel()
+        return await self.model.complete(messages, tools, on_delta)
