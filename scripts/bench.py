@@ -117,6 +117,7 @@ class Run:
     elapsed: float = 0.0
     cpu_seconds: float | None = None
     machine_busy: float | None = None  # share of all the machine's cores busy during the run
+    bare: Run | None = None  # ``--paired``: the bare loop's turns, taken in turn with these
 
     def p(self, share: float) -> float:
         ordered = sorted(self.turns) or [float("nan")]
@@ -130,12 +131,16 @@ def conversations_per_customer(customers: int, minimum_turns: int) -> int:
 # THE BARE ARM
 
 
-async def bare_customer(base_url: str, schemas: list[dict[str, Any]], run: Run, rounds: int) -> None:
+async def bare_customer(
+    base_url: str, schemas: list[dict[str, Any]], run: Run, rounds: int, client: Any = None
+) -> None:
+    """``rounds`` conversations on a client of their own (``client``: on that one, left open)."""
     import openai
 
     from chat.prompts import SYSTEM_PROMPT
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
+    own = client is None
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0) if own else client
     for _ in range(rounds):
         messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}]
         for text in [None, *SEED]:
@@ -148,7 +153,8 @@ async def bare_customer(base_url: str, schemas: list[dict[str, Any]], run: Run, 
                 run.errors += 1
                 continue
             run.turns.append(time.perf_counter() - started)
-    await client.close()
+    if own:
+        await client.close()
 
 
 async def bare_turn(client: Any, messages: list[dict[str, Any]], schemas: list[dict[str, Any]]) -> None:
@@ -214,6 +220,23 @@ async def until_idle(ws: Any, run: Run, started: float) -> None:
         run.errors += 1
     else:
         run.turns.append(time.perf_counter() - started)
+
+
+async def paired(model_url: str, schemas: list[dict[str, Any]], ports: list[int], rounds: int) -> Run:
+    """One customer, the bare loop's conversations and the product's taken in turn (``--paired``): both
+    arms measured in the same minutes, so a machine whose speed drifts (a shared VM) moves both alike."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=model_url, api_key="bench", max_retries=0)  # one, as the product's
+    await bare_customer(model_url, schemas, Run(), 1, client)  # its warm-up (the product's is done)
+    run, bare = Run(), Run()
+    started = time.perf_counter()
+    for _ in range(rounds):
+        await bare_customer(model_url, schemas, bare, 1, client)
+        await product_customer(ports, 0, run, 1)
+    run.elapsed, run.bare = time.perf_counter() - started, bare
+    await client.close()
+    return run
 
 
 async def load(customers: int, rounds: int, play: Any) -> Run:
@@ -366,7 +389,10 @@ def measure_product(setup: str, customers: list[int], model_url: str, options: a
             for count in customers:
                 rounds = conversations_per_customer(count, options.min_turns)
                 before = sum(cpu_seconds(server.pid) for server in servers)
-                run = measured(load(count, rounds, lambda n, r, k: product_customer(ports, n, r, k)))
+                if count == 1 and options.paired:
+                    run = measured(paired(model_url, tool_schemas(), ports, rounds))
+                else:
+                    run = measured(load(count, rounds, lambda n, r, k: product_customer(ports, n, r, k)))
                 run.cpu_seconds = sum(cpu_seconds(server.pid) for server in servers) - before
                 results[count] = run
                 print(f"  {setup:<11} {count:>4} customers: {len(run.turns)} turns in {run.elapsed:.1f} s",
@@ -417,7 +443,8 @@ def row(name: str, count: int, runs: list[Run], bares: list[Run] | None) -> str:
     turns_per_second = median([len(run.turns) / run.elapsed for run in runs])
     p50, p99 = median([run.p(0.5) for run in runs]), median([run.p(0.99) for run in runs])
     if bares:
-        added = f"{median([(r.p(0.5) - b.p(0.5)) * 1000 for r, b in zip(runs, bares, strict=True)]):+.0f} ms"
+        bares = [run.bare or bare for run, bare in zip(runs, bares, strict=True)]  # paired: its own bare loop
+        added = f"{median([(r.p(0.5) - b.p(0.5)) * 1000 for r, b in zip(runs, bares, strict=True)]):+.1f} ms"
         ratio = f"{median([r.p(0.5) / b.p(0.5) for r, b in zip(runs, bares, strict=True)]):.2f}×"
     else:
         added, ratio = "—", "—"
@@ -443,6 +470,9 @@ def main() -> None:
     parser.add_argument("--cpu-share", type=float, metavar="FRACTION",
                         help="hold each daphne process to this share of one core (a cgroup each; root): "
                              "one process against two then measures scale-out, not the machine's cores")
+    parser.add_argument("--paired", action="store_true",
+                        help="one customer: take the bare loop's conversations and the product's in turn, and "
+                             "give each product row the p50 added over its own (drift moves both arms alike)")
     parser.add_argument("--serve-model", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.serve_model:
