@@ -138,7 +138,7 @@ class ChatConsumer(Socket):
         for frame in await self._live_replay(attached.replay):
             await self.send_json(frame)
         if attached.created and attached.conversation.customer_id is None:
-            earlycall.expect(self.conversation_id, [{"role": "system", "content": SYSTEM_PROMPT}])
+            earlycall.expect(self.conversation_id, [{"role": "system", "content": SYSTEM_PROMPT}], None, frozenset())
         else:  # it may have changed anywhere since this process last ran a turn of it (a sign-in: verified)
             earlycall.forget(self.conversation_id)
         if attached.created or attached.waiting:

@@ -4,25 +4,25 @@ A turn's first step (``runtime.turn_start``) counts the customer's message, stor
 the model is then called with: a crossing to a database thread and, on PostgreSQL, four round trips, a few
 milliseconds on every turn's path before the model is even asked. Yet the process that ran a
 conversation's previous turn knows what that step will read: the history as that turn left it, and the
-message just received. So the model is called at once with that (``start``), side by side with the step,
-and the turn's own first model call takes the early call's reply (``EarlyModel``) when, and only when, it
-asks exactly the same: the same messages, tools and model, as built from what the step really read.
-Otherwise the early call is cancelled and the model is called afresh: a wasted request, never a wrong
-answer. Nothing of the early call is shown before the turn's own call takes it (its deltas are held), so
-every frame still follows the step that stores what it shows.
+message just received. So the model is called at once with that (``EarlyCall``), side by side with the
+step, and the turn's own first model call takes the early call's reply (``EarlyModel``) when, and only
+when, it asks exactly the same: the same messages, tools and model, as built from what the step really
+read. Otherwise the early call is cancelled and the model is called afresh: a wasted request, never a
+wrong answer. Nothing of the early call is shown before the turn's own call takes it (its deltas are
+held), so every frame still follows the step that stores what it shows.
 
-An early call sends the model nothing a turn would not send it anyway:
+An early call sends the model nothing a turn would not send it:
 
-* only for a conversation that is not verified: its turns send the customer's text as typed (a key given
-  again must reach ``verify_user``), so the text needs no masking that only the database could tell. A
-  verified conversation's messages are masked by its customer's keys, read at the turn's start: never
-  called early;
-* only on what this process expects (``expect``): the history its own last turn of the conversation ended
-  with, all of which the model was sent in that turn, or a conversation it has just started. A socket
-  connecting to the conversation (it may come verified, from a signed-in page) forgets it, and so does
-  every turn that starts;
+* the history this process expects (``expect``): the one its own last turn of the conversation left, as
+  stored, all of which the model was sent in that turn (or the system prompt of a conversation it has
+  just started). A socket connecting to the conversation (it may come verified, from a signed-in page)
+  forgets it, and so does every turn that starts;
+* the customer's message as the turn will give it to the model: as typed in a conversation not verified
+  (its turns send it so: a key given again must reach ``verify_user``); in a verified one, masked by the
+  conversation's secrets and by its customer's keys, which are read from the database once the message is
+  admitted, in the same crossing and just before the turn's first step reads them again;
 * only while every listener of the conversation is a customer socket of this process (the caller says so,
-  from ``fanout``): no turn of another process can have changed the conversation (verified it) meanwhile.
+  from ``fanout``): no turn of another process can have changed it (verified it, learnt a secret) meanwhile.
 
 A message is sent early only once the flood limits admitted it (the turn's first step tells the event loop
 from its database thread, and goes on storing it meanwhile), and never past the conversation's length
@@ -38,24 +38,63 @@ import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 
 from chat.agent import ChatModel, Message, ModelReply
 from chat.history import trim_history
+from chat.secrets import SecretKeeper
 
 EXPECTED_KEPT = 4096  # conversations whose next turn this process expects (the least recently used go first)
 
-_expected: OrderedDict[uuid.UUID, list[Message]] = OrderedDict()
+
+@dataclass(frozen=True)
+class Expected:
+    """What a conversation's next turn will read, as this process's last turn of it left it."""
+
+    history: list[Message]  # as stored: the model was sent all of it in that turn
+    customer_id: int | None  # verified as this customer
+    digests: frozenset[str]  # of the secrets given in it
+
+    def request(self, text: str | None, keeper: SecretKeeper) -> list[Message]:
+        """What the turn answering ``text`` (None: the greeting) will ask the model: the customer's message
+        as typed when the conversation is not verified, else masked by ``keeper`` (this conversation's
+        secrets and its customer's keys, read now), as the turn stores it and the model reads it."""
+        history = self.history
+        if text is not None:
+            message = {"role": "user", "content": text}
+            if self.customer_id is not None:
+                (message,) = keeper.mask_messages([message])
+            history = [*history, message]
+        return trim_history(history, settings.CHAT_HISTORY_TOKEN_BUDGET)
 
 
-def expect(conversation_id: uuid.UUID, history: list[Message]) -> None:
-    """The history the conversation's next turn will read, as this process just left it (not verified)."""
-    _expected[conversation_id] = list(history)
+_expected: OrderedDict[uuid.UUID, Expected] = OrderedDict()
+
+
+def expect(
+    conversation_id: uuid.UUID, history: list[Message], customer_id: int | None, digests: frozenset[str]
+) -> None:
+    """What the conversation's next turn will read, as this process just left it."""
+    _expected[conversation_id] = Expected(list(history), customer_id, frozenset(digests))
     _expected.move_to_end(conversation_id)
     while len(_expected) > EXPECTED_KEPT:
         _expected.popitem(last=False)
+
+
+def expected(conversation_id: uuid.UUID, text: str | None) -> Expected | None:
+    """What is expected of the conversation's next turn, answering ``text`` (None: the greeting of a
+    conversation just started); None when nothing is, or when the message will be refused for the
+    conversation's length (never a model call for it). Takes it: one early call per answered turn at most."""
+    expectation = _expected.pop(conversation_id, None)
+    if expectation is None or not settings.CHAT_EARLY_MODEL_CALL:
+        return None
+    asked = sum(message["role"] == "user" for message in expectation.history)
+    if text is not None and asked >= settings.CHAT_MAX_CUSTOMER_MESSAGES:
+        return None
+    return expectation
 
 
 def forget(conversation_id: uuid.UUID) -> None:
@@ -107,21 +146,6 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
     """A failed call nobody took is not an error of its own (the turn's call, made afresh, reports one)."""
     if not task.cancelled():
         task.exception()
-
-
-def expected_request(conversation_id: uuid.UUID, text: str | None) -> list[Message] | None:
-    """What the model is to be asked for the conversation's next turn, as it is expected to be (``expect``),
-    answering ``text`` (None: the greeting of a conversation just started); None when nothing is expected,
-    or when the message will be refused for the conversation's length (never a model call for it). Takes
-    the expectation: one early call per answered turn at most."""
-    history = _expected.pop(conversation_id, None)
-    if history is None or not settings.CHAT_EARLY_MODEL_CALL:
-        return None
-    if text is not None:
-        if sum(message["role"] == "user" for message in history) >= settings.CHAT_MAX_CUSTOMER_MESSAGES:
-            return None
-        history = [*history, {"role": "user", "content": text}]
-    return trim_history(history, settings.CHAT_HISTORY_TOKEN_BUDGET)
 
 
 class EarlyModel:

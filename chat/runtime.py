@@ -62,9 +62,18 @@ def _secret_finder_factory() -> Callable[[int], SecretFinder] | None:
 def conversation_secret_keeper(conversation: Conversation) -> SecretKeeper:
     """The conversation's secrets for a turn: the digests of those given in it, and (through
     ``CHAT_SECRET_FINDER``) the verified customer's own keys. Sync: may query once, never per token."""
-    digests = frozenset(conversation.secret_digests)
+    return secret_keeper(frozenset(conversation.secret_digests), customer_secret_finder(conversation.customer_id))
+
+
+def customer_secret_finder(customer_id: int | None) -> SecretFinder | None:
+    """``CHAT_SECRET_FINDER``'s finder of the customer's own secrets (None: not verified, or no finder).
+    Sync: may query once."""
     factory = _secret_finder_factory()
-    customer_finder = factory(conversation.customer_id) if factory and conversation.customer_id else None
+    return factory(customer_id) if factory and customer_id else None
+
+
+def secret_keeper(digests: frozenset[str], customer_finder: SecretFinder | None) -> SecretKeeper:
+    """A keeper of the secrets known by these digests and found by ``customer_finder``: no query."""
 
     def is_secret(token: str) -> bool:
         return services.secret_digest(token) in digests or bool(customer_finder and token in customer_finder(token))
@@ -253,6 +262,7 @@ class TurnStart:
     tools: ToolContext
     keeper: SecretKeeper
     holder: str = "agent"  # chat.models.Holder: anything but the assistant means no model call
+    digests: frozenset[str] = frozenset()  # of the secrets given in the conversation before the turn
     customer_text: str | None = None  # as typed
     customer_stored: Message | None = None  # as stored (masked)
     too_long: bool = False
@@ -304,8 +314,14 @@ def turn_start(
     )
     history = selectors.history_messages(rows)
     context = ToolContext(conversation_id, conversation.customer_id, conversation.client_address)
+    digests = frozenset(conversation.secret_digests)
     start = TurnStart(
-        history, context, conversation_secret_keeper(conversation), conversation.holder, customer_text=text
+        history,
+        context,
+        secret_keeper(digests, customer_secret_finder(conversation.customer_id)),
+        conversation.holder,
+        digests=digests,
+        customer_text=text,
     )
     if text is None or conversation.holder == Holder.CLOSED:  # a closed conversation takes no more messages
         return start
@@ -360,25 +376,28 @@ async def conversation_respond(
     """
     model = llm.get_chat_model()
     early: earlycall.EarlyCall | None = None
-    asked = None  # what the model is to be asked early, once the message is admitted
-    if early_call and customer_text is None:
-        asked = earlycall.expected_request(conversation_id, arrival.text if arrival else None)
-    else:
+    text = arrival.text if arrival is not None else None
+    expected = earlycall.expected(conversation_id, text) if early_call and customer_text is None else None
+    if expected is None:
         earlycall.forget(conversation_id)
-
     ended = False
 
-    def call_early() -> None:
+    def call_early(customer_finder: SecretFinder | None = None) -> None:
         nonlocal early
         if not ended:
-            early = earlycall.EarlyCall(model, asked, get_toolbox().schemas)
+            keeper = secret_keeper(expected.digests, customer_finder)
+            early = earlycall.EarlyCall(model, expected.request(text, keeper), get_toolbox().schemas)
 
     admitted = None
-    if asked is not None:
+    if expected is not None:
         if arrival is None:
-            call_early()  # the greeting: nothing to admit
-        else:  # from the database thread, once the flood limits took the message
-            admitted = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, call_early)
+            call_early()  # the greeting: nothing to admit, nothing to mask
+        else:
+            loop = asyncio.get_running_loop()
+
+            def admitted() -> None:  # on the database thread, once the flood limits took the message
+                finder = customer_secret_finder(expected.customer_id)  # the keys now, as the turn will read
+                loop.call_soon_threadsafe(call_early, finder)
     stored = False
     gate = arrivals_in_order(conversation_id) if arrival is not None else None
     if gate is not None:
@@ -432,6 +451,8 @@ async def conversation_respond(
                         holder=turn.holder, stored=turn.customer_stored, emit=emit
                     )
                 transcript = StoredTranscript(conversation_id, turn.keeper)
+                # Until verified, a key typed again (after a failed attempt) must reach verify_user.
+                read_typed = turn.tools.customer_id is None
                 try:
                     result = await run_turn(
                         model=earlycall.EarlyModel(model, early) if early is not None else model,
@@ -442,8 +463,7 @@ async def conversation_respond(
                         customer_text=turn.customer_text,
                         customer_stored=turn.customer_stored,
                         bounds=turn_bounds(),
-                        # Until verified, a key typed again (after a failed attempt) must reach verify_user.
-                        model_reads_typed_text=turn.tools.customer_id is None,
+                        model_reads_typed_text=read_typed,
                         # A tool that changes data waits here, lock held, for the customer's own answer.
                         confirmer=ChannelConfirmer(conversation_id, emit, turn.keeper.mask_frame),
                     )
@@ -457,8 +477,8 @@ async def conversation_respond(
                     raise
                 await transcript.settle()
                 await handoff.after_turn(conversation_id=conversation_id, result=result, emit=emit)
-                if _expectable(turn, result):
-                    earlycall.expect(conversation_id, turn.history)  # as stored: what the next turn reads
+                if _expectable(turn, result, read_typed):  # as stored: what the next turn reads
+                    earlycall.expect(conversation_id, turn.history, turn.tools.customer_id, turn.digests)
                 return result
             except Exception:
                 logger.exception("turn failed in conversation %s", conversation_id)
@@ -487,14 +507,17 @@ async def conversation_respond(
         await lease_given_back(conversation_id)  # behind the idle, and before the turn ends
 
 
-def _expectable(turn: TurnStart, result: TurnResult) -> bool:
+def _expectable(turn: TurnStart, result: TurnResult, read_typed: bool) -> bool:
     """Whether the history a turn leaves (``run_turn`` extends ``turn.history`` in place) is what the next
-    turn will read, and may be sent early (``chat.earlycall``): an answered turn of a conversation still not
-    verified, whose customer's message was stored as typed (the model read it as typed)."""
+    turn will read, and may be sent early (``chat.earlycall``): an answered turn that learnt no secret (the
+    model's copy is then masked everywhere, the stored turns only from where each was given), whose
+    customer's message the model read as stored, or as typed (``read_typed``) where that is how it was
+    stored."""
+    typed = {"role": "user", "content": turn.customer_text}
     return (
         result.outcome == "answered"
-        and turn.tools.customer_id is None
-        and (turn.customer_stored is None or turn.customer_stored == {"role": "user", "content": turn.customer_text})
+        and not turn.keeper.known
+        and (not read_typed or turn.customer_stored in (None, typed))
     )
 
 

@@ -1,19 +1,22 @@
 """A turn's first model call starts while the turn's first database step runs (``chat.earlycall``): on what
-this process expects the step to read, taken only when the turn then asks exactly that, and never for a
-verified conversation."""
+this process expects the step to read, taken only when the turn then asks exactly that; never for a
+refused message, and never with a secret the turn itself would mask."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import pytest
+from django.contrib.auth.models import User
 
 from chat import consumers, earlycall, fanout, runtime, services
 from chat.protocol import CustomerError
 from tests.support.models import say_text
 from tests.support.seed import SEED_MESSAGES, seed_demo
 from tests.support.sockets import assistant_texts, attached, new_session_key, of_type, open_chat, say, until_idle
+from tickets.services import apikey_issue
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_turn_left_running")]
 
@@ -70,8 +73,9 @@ async def test_the_model_is_asked_while_the_turns_first_step_runs_and_nothing_sh
 
 
 async def test_the_seed_conversation_asks_what_it_asked_without_early_calls(chat_model, taken, settings):
-    """Early calls where the conversation is not verified (the greeting and the two messages before the key
-    is checked), none after; each call made once, each asking exactly what it asked before."""
+    """The first call of every turn but the one right after the key was checked (a secret learnt: the
+    model's copy of the history is masked everywhere, the stored one from where the key was given) made
+    early; each call made once, each asking exactly what it asked without early calls."""
     await asyncio.to_thread(seed_demo)
 
     async def conversation() -> list[str]:
@@ -94,20 +98,36 @@ async def test_the_seed_conversation_asks_what_it_asked_without_early_calls(chat
     assert chat_model.requests == early_requests
 
 
-async def test_a_verified_conversation_is_never_asked_early_and_a_key_typed_again_reaches_the_model_masked(
-    chat_model, taken
-):
+async def test_a_verified_conversations_key_typed_again_reaches_the_model_masked_early_or_not(chat_model, taken):
     await asyncio.to_thread(seed_demo)
     communicator = await attached(await new_session_key())
     await say(communicator, f"I am john_doe, my API key is {KEY}")
-    assert len(taken) == 2  # the greeting and that message
+    await say(communicator, "Thanks")  # the turn after the key was learnt: not early
+    assert len(taken) == 2  # the greeting and the key's message
     asked = chat_model.calls
     frames = await say(communicator, f"Again: my key is {KEY}, is ticket 12345 open?")
-    assert len(taken) == 2
+    assert len(taken) == 3  # verified: called early, its customer's message masked
     assert "Open" in assistant_texts(frames)[-1]
-    for request in chat_model.requests[asked:]:  # every call this message caused, an early one included
+    for request in chat_model.requests[asked:]:  # every call this message caused
         typed = [message["content"] for message in request if message["role"] == "user"][-1]
         assert typed == "Again: my **** is ****, is ticket 12345 open?", typed
+    await communicator.disconnect()
+
+
+async def test_a_key_issued_since_the_last_turn_is_masked_in_the_early_call_too(chat_model, taken):
+    """The customer's keys are read once the message is admitted, not taken from the turn before."""
+    await asyncio.to_thread(seed_demo)
+    communicator = await attached(await new_session_key())
+    await say(communicator, f"I am john_doe, my API key is {KEY}")
+    await say(communicator, "Thanks")
+    customer = await asyncio.to_thread(User.objects.get, username="john_doe")
+    _, new_key = await asyncio.to_thread(apikey_issue, customer=customer)
+    asked = chat_model.calls
+    await say(communicator, f"Support gave me a new one: {new_key}")
+    assert len(taken) == 3
+    sent = json.dumps(chat_model.requests[asked:])
+    assert new_key not in sent
+    assert "Support gave me a new one: ****" in sent
     await communicator.disconnect()
 
 
