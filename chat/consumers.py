@@ -169,6 +169,8 @@ class ChatConsumer(Socket):
             self._idle_waiter.cancel()
         if hasattr(self, "group"):
             fanout.unlisten(self.group, self.channel_name)
+            if not fanout.listened_here(self.group):
+                earlycall.forget(self.conversation_id)  # its next message comes through a new socket anyway
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await self.channel_layer.group_discard(modelstatus.STATUS_GROUP, self.channel_name)
         await self._socket_release()

@@ -47,7 +47,10 @@ from chat.agent import ChatModel, Message, ModelReply
 from chat.history import trim_history
 from chat.secrets import SecretKeeper
 
-EXPECTED_KEPT = 4096  # conversations whose next turn this process expects (the least recently used go first)
+# Conversations whose next turn this process expects (the least recently used go first); each holds at most
+# what the model is sent (the history trimmed to CHAT_HISTORY_TOKEN_BUDGET), and is forgotten when the
+# conversation's last socket here closes.
+EXPECTED_KEPT = 1024
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,9 @@ _expected: OrderedDict[uuid.UUID, Expected] = OrderedDict()
 def expect(
     conversation_id: uuid.UUID, history: list[Message], customer_id: int | None, digests: frozenset[str]
 ) -> None:
-    """What the conversation's next turn will read, as this process just left it."""
+    """What the conversation's next turn will read, as this process just left it: kept as the model is sent
+    it (trimming the trimmed history with the next message in keeps what trimming the whole would)."""
+    history = trim_history(history, settings.CHAT_HISTORY_TOKEN_BUDGET)
     _expected[conversation_id] = Expected(list(history), customer_id, frozenset(digests))
     _expected.move_to_end(conversation_id)
     while len(_expected) > EXPECTED_KEPT:

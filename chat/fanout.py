@@ -71,6 +71,11 @@ def unlisten(group: str, channel_name: str) -> None:
             del _local[group]
 
 
+def listened_here(group: str) -> bool:
+    """Whether a customer socket of this process listens to ``group``."""
+    return group in _local
+
+
 def joined(group: str, channel_name: str) -> None:
     """A socket joined ``group`` (its ``chat.joined`` event, heard by a socket of this process)."""
     listeners = _local.get(group)
