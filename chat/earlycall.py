@@ -57,7 +57,8 @@ EXPECTED_KEPT = 1024
 class Expected:
     """What a conversation's next turn will read, as this process's last turn of it left it."""
 
-    history: list[Message]  # as stored: the model was sent all of it in that turn
+    history: list[Message]  # as stored and trimmed: the model was sent all of it in that turn
+    customer_messages: int  # in the whole history (the length limit counts them)
     customer_id: int | None  # verified as this customer
     digests: frozenset[str]  # of the secrets given in it
 
@@ -82,8 +83,9 @@ def expect(
 ) -> None:
     """What the conversation's next turn will read, as this process just left it: kept as the model is sent
     it (trimming the trimmed history with the next message in keeps what trimming the whole would)."""
+    asked = sum(message["role"] == "user" for message in history)
     history = trim_history(history, settings.CHAT_HISTORY_TOKEN_BUDGET)
-    _expected[conversation_id] = Expected(list(history), customer_id, frozenset(digests))
+    _expected[conversation_id] = Expected(list(history), asked, customer_id, frozenset(digests))
     _expected.move_to_end(conversation_id)
     while len(_expected) > EXPECTED_KEPT:
         _expected.popitem(last=False)
@@ -96,8 +98,7 @@ def expected(conversation_id: uuid.UUID, text: str | None) -> Expected | None:
     expectation = _expected.pop(conversation_id, None)
     if expectation is None or not settings.CHAT_EARLY_MODEL_CALL:
         return None
-    asked = sum(message["role"] == "user" for message in expectation.history)
-    if text is not None and asked >= settings.CHAT_MAX_CUSTOMER_MESSAGES:
+    if text is not None and expectation.customer_messages >= settings.CHAT_MAX_CUSTOMER_MESSAGES:
         return None
     return expectation
 

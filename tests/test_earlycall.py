@@ -177,15 +177,20 @@ async def test_a_refused_message_is_never_sent_to_the_model_and_the_next_one_is_
     await communicator.disconnect()
 
 
-async def test_a_message_past_the_conversations_length_is_never_sent_to_the_model(chat_model, taken, settings):
-    settings.CHAT_MAX_CUSTOMER_MESSAGES = 1
+@pytest.mark.parametrize("budget", [12000, 30])  # 30: the model is sent only the newest message
+async def test_a_message_past_the_conversations_length_is_never_sent_to_the_model(
+    chat_model, taken, settings, budget
+):
+    settings.CHAT_MAX_CUSTOMER_MESSAGES = 2
+    settings.CHAT_HISTORY_TOKEN_BUDGET = budget
     communicator = await attached(await new_session_key())
     await say(communicator, "Hello there")
+    await say(communicator, "Hello again")
     calls = chat_model.calls
-    frames = await say(communicator, "Hello again")
+    frames = await say(communicator, "And once more")
     assert of_type(frames, "error")[0]["code"] == "conversation_too_long"
     assert chat_model.calls == calls
-    assert len(taken) == 2  # the greeting's and the first message's
+    assert len(taken) == 3  # the greeting's and the two messages'
     await communicator.disconnect()
 
 
