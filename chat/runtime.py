@@ -8,6 +8,7 @@ step to store it, one per tool call. Nothing touches the database per streamed t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -397,7 +398,8 @@ async def conversation_respond(
 
             def admitted() -> None:  # on the database thread, once the flood limits took the message
                 finder = customer_secret_finder(expected.customer_id)  # the keys now, as the turn will read
-                loop.call_soon_threadsafe(call_early, finder)
+                with contextlib.suppress(RuntimeError):  # the loop closed (the server stops): no early call
+                    loop.call_soon_threadsafe(call_early, finder)
     stored = False
     gate = arrivals_in_order(conversation_id) if arrival is not None else None
     if gate is not None:
