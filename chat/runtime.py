@@ -285,30 +285,40 @@ class Arrival:
     refuse: Callable[[CustomerError], Awaitable[None]]
 
 
+KeysRead = tuple[int | None, SecretFinder | None]  # a customer, and the finder of their keys read for them
+
+
 def turn_start_arriving(
-    conversation_id: uuid.UUID, arrival: Arrival, admitted: Callable[[], object] | None = None
+    conversation_id: uuid.UUID, arrival: Arrival, admitted: Callable[[], KeysRead] | None = None
 ) -> TurnStart:
     """``turn_start`` for a message that arrived at a free conversation: counted (``arrival.admit``, which
-    raises the refusal; ``admitted`` is called once it did not) and then, in the turn's first transaction,
-    queued behind any message already waiting, with a card left pending (its process died) dropped, as a
-    message stored to wait drops it."""
+    raises the refusal; ``admitted`` is called once it did not, and may read a customer's keys for the turn)
+    and then, in the turn's first transaction, queued behind any message already waiting, with a card left
+    pending (its process died) dropped, as a message stored to wait drops it."""
     arrival.admit()
-    if admitted is not None:
-        admitted()
+    keys = admitted() if admitted is not None else None
     return turn_start(
-        conversation_id, arrival.text, also=[confirmations_supersede_statement(conversation_id=conversation_id)]
+        conversation_id,
+        arrival.text,
+        also=[confirmations_supersede_statement(conversation_id=conversation_id)],
+        keys=keys,
     )
 
 
 @transaction.atomic
 def turn_start(
-    conversation_id: uuid.UUID, customer_text: str | None = None, *, also: Sequence[services.Statement] = ()
+    conversation_id: uuid.UUID,
+    customer_text: str | None = None,
+    *,
+    also: Sequence[services.Statement] = (),
+    keys: KeysRead | None = None,
 ) -> TurnStart:
     """One database step to start a turn: queue ``customer_text`` (when given) behind the messages already
     waiting, take the oldest waiting one, store it as the customer's turn (masked) and read the history
     before it, in one transaction. Past ``CHAT_MAX_CUSTOMER_MESSAGES`` the message is taken and not stored
     (``too_long``). Queries stay the same however long the conversation is, but for the history itself; on
     PostgreSQL they go in two round trips (``services.statements_run``), besides ``BEGIN`` and ``COMMIT``.
+    ``keys``: the conversation's customer's keys, read just before in this crossing, when it is still theirs.
     """
     conversation, text, rows = services.turn_take(
         conversation_id, customer_text=customer_text, reading=selectors.HISTORY, also=also
@@ -316,10 +326,14 @@ def turn_start(
     history = selectors.history_messages(rows)
     context = ToolContext(conversation_id, conversation.customer_id, conversation.client_address)
     digests = frozenset(conversation.secret_digests)
+    if keys is not None and keys[0] == conversation.customer_id:
+        finder = keys[1]  # read a moment ago, in this crossing
+    else:
+        finder = customer_secret_finder(conversation.customer_id)
     start = TurnStart(
         history,
         context,
-        secret_keeper(digests, customer_secret_finder(conversation.customer_id)),
+        secret_keeper(digests, finder),
         conversation.holder,
         digests=digests,
         customer_text=text,
@@ -396,10 +410,11 @@ async def conversation_respond(
         else:
             loop = asyncio.get_running_loop()
 
-            def admitted() -> None:  # on the database thread, once the flood limits took the message
-                finder = customer_secret_finder(expected.customer_id)  # the keys now, as the turn will read
+            def admitted() -> KeysRead:  # on the database thread, once the flood limits took the message
+                finder = customer_secret_finder(expected.customer_id)  # the keys now, which the turn reuses
                 with contextlib.suppress(RuntimeError):  # the loop closed (the server stops): no early call
                     loop.call_soon_threadsafe(call_early, finder)
+                return expected.customer_id, finder
     stored = False
     gate = arrivals_in_order(conversation_id) if arrival is not None else None
     if gate is not None:

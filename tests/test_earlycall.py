@@ -136,6 +136,28 @@ async def test_a_key_issued_since_the_last_turn_is_masked_in_the_early_call_too(
     await communicator.disconnect()
 
 
+async def test_a_verified_early_turn_reads_its_customers_keys_once(chat_model, taken, monkeypatch):
+    """Read once the message is admitted, for the early call; the turn's first step, in the same crossing,
+    uses them rather than asking the database again."""
+    await asyncio.to_thread(seed_demo)
+    communicator = await attached(await new_session_key())
+    await say(communicator, f"I am john_doe, my API key is {KEY}")
+    await say(communicator, "Thanks")
+    reads: list[int] = []
+    original = runtime.customer_secret_finder
+
+    def counted(customer_id):
+        if customer_id is not None:
+            reads.append(customer_id)
+        return original(customer_id)
+
+    monkeypatch.setattr(runtime, "customer_secret_finder", counted)
+    await say(communicator, "Is ticket 12345 open?")
+    assert len(taken) == 3  # called early
+    assert len(reads) == 1
+    await communicator.disconnect()
+
+
 async def test_an_early_call_that_asked_something_else_is_dropped_and_the_model_asked_afresh(chat_model, taken):
     communicator, conversation_id = await open_chat(await new_session_key())
     await until_idle(communicator)
