@@ -20,7 +20,7 @@ An early call sends the model nothing a turn would not send it:
 * the customer's message as the turn will give it to the model: as typed in a conversation not verified
   (its turns send it so: a key given again must reach ``verify_user``); in a verified one, masked by the
   conversation's secrets and by its customer's keys, which are read from the database once the message is
-  admitted, in the same crossing and just before the turn's first step reads them again;
+  admitted, in the turn's first crossing, and which that step then masks with too (not read twice);
 * only while every listener of the conversation is a customer socket of this process (the caller says so,
   from ``fanout``): no turn of another process can have changed it (verified it, learnt a secret) meanwhile.
 
