@@ -327,6 +327,14 @@ async def test_reconnecting_during_a_turn_shows_the_rest_of_it(demo_data, model)
     model.hold()
     await communicator.send_json_to({"type": "message", "text": SEED_MESSAGES[1]})
     await asyncio.wait_for(model.entered.wait(), timeout=10)
+    # The model may be asked (an early call) while the turn's first step still stores the message: the
+    # reconnect below is meant to land after it, mid-turn.
+    for _ in range(500):
+        if [role for role, _ in await stored_turns(conversation_id)] == ["assistant", "user"]:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the message was not stored")
     await communicator.disconnect()
 
     again, resumed_id = await open_chat(session_key)
