@@ -185,6 +185,61 @@ async def bare_turn(client: Any, messages: list[dict[str, Any]], schemas: list[d
         ]
 
 
+# THE CLIENT ALONE (``--client-only``)
+
+
+async def client_turn(model: Any, messages: list[dict[str, Any]], schemas: list[dict[str, Any]]) -> None:
+    """``bare_turn`` through the product's own use of the client (``chat.llm.OpenAIChatModel``)."""
+
+    async def shown(text: str) -> None:
+        pass
+
+    while True:
+        reply = await model.complete(messages, schemas, shown)
+        if not reply.tool_calls:
+            messages.append({"role": "assistant", "content": reply.content})
+            return
+        calls = [call.as_api() for call in reply.tool_calls]
+        messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+        messages += [
+            {"role": "tool", "tool_call_id": call.id, "content": json.dumps(TOOL_RESULTS.get(call.name, {}))}
+            for call in reply.tool_calls
+        ]
+
+
+async def client_alone(model_url: str, schemas: list[dict[str, Any]], conversations: int, rounds: int) -> dict:
+    """CPU per turn of the seed conversation's model calls alone, one customer, in this process: through the
+    bare loop's ``create()`` and through the product's use of the client, the tools answered in memory and
+    the two taken in turn, ``rounds`` times. What the client costs a turn before any of the server's work."""
+    import openai
+
+    from chat import llm
+    from chat.prompts import SYSTEM_PROMPT
+
+    bare_client = openai.AsyncOpenAI(base_url=model_url, api_key="bench", max_retries=0)
+    product = llm.OpenAIChatModel(llm.openai_client(base_url=model_url, api_key="bench"), "bench")
+    arms = {
+        "bare AsyncOpenAI loop (create())": lambda messages: bare_turn(bare_client, messages, schemas),
+        "the product's use of the client (chat.llm)": lambda messages: client_turn(product, messages, schemas),
+    }
+    results: dict[str, list[float]] = {name: [] for name in arms}
+    for number in range(rounds + 1):  # the first round warms both up, and is not counted
+        for name, turn in arms.items():
+            before, turns = time.process_time(), 0
+            for _ in range(conversations):
+                messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}]
+                for text in [None, *SEED]:
+                    if text is not None:
+                        messages.append({"role": "user", "content": text})
+                    await turn(messages)
+                    turns += 1
+            if number:
+                results[name].append((time.process_time() - before) / turns * 1000)
+    await bare_client.close()
+    await product.client.close()
+    return results
+
+
 # THE PRODUCT ARM
 
 
@@ -473,6 +528,10 @@ def main() -> None:
     parser.add_argument("--paired", action="store_true",
                         help="one customer: take the bare loop's conversations and the product's in turn, and "
                              "give each product row the p50 added over its own (drift moves both arms alike)")
+    parser.add_argument("--client-only", type=int, metavar="CONVERSATIONS",
+                        help="no server: the CPU per turn of the model calls alone, in this process, through the "
+                             "bare create() and through the product's use of the client, this many conversations "
+                             "a round, the two in turn (with --rounds)")
     parser.add_argument("--serve-model", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.serve_model:
@@ -486,6 +545,14 @@ def main() -> None:
     try:
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", file=sys.stderr)
         schemas = tool_schemas()
+        if options.client_only:
+            results = asyncio.run(client_alone(model_url, schemas, options.client_only, options.rounds))
+            print(f"\nthe seed conversation's model calls alone (6 calls in 4 turns), one customer, "
+                  f"{options.client_only} conversations a round, medians of {options.rounds} round(s)\n")
+            print("| client | CPU per turn |\n| --- | --- |")
+            for name, cpus in results.items():
+                print(f"| {name} | {median(cpus):.2f} ms ({min(cpus):.2f}–{max(cpus):.2f}) |")
+            return
         import openai  # noqa: F401 - imported before the bare arm's clock starts (about a second of CPU)
 
         bare: dict[int, list[Run]] = {count: [] for count in options.customers}

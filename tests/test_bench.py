@@ -38,6 +38,23 @@ def test_the_benchmark_runs_both_arms_and_prints_its_table_of_medians():
     assert product[6].endswith("×)")  # the p50 added over the bare loop's
 
 
+def test_the_client_alone_is_timed_through_the_bare_loop_and_through_the_products_use_of_it():
+    result = subprocess.run(
+        [sys.executable, "scripts/bench.py", "--client-only", "1", "--rounds", "2", "--ttft-ms", "0", "--gap-ms", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
+            if line.startswith("| ")]
+    assert [row[0] for row in rows[2:]] == [
+        "bare AsyncOpenAI loop (create())", "the product's use of the client (chat.llm)"
+    ]
+    for _, cpu in rows[2:]:
+        middle, low, high = map(float, re.fullmatch(r"([\d.]+) ms \(([\d.]+)–([\d.]+)\)", cpu).groups())
+        assert 0 < low <= middle <= high, cpu
+    assert "medians of 2 round(s)" in result.stdout
+
+
 def test_the_step_timer_times_each_database_step_of_a_turn():
     result = subprocess.run(
         [sys.executable, "scripts/bench_steps.py", "--repeat", "3"], cwd=ROOT, capture_output=True, text=True,
