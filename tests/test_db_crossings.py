@@ -32,6 +32,7 @@ def slow_ident() -> int:
     return threading.get_ident()
 
 
+@pytest.mark.django_db  # a crossing checks its thread's connection (connections_ready), which may be open
 async def test_crossings_run_side_by_side_on_the_database_threads(settings):
     settings.DATABASE_THREADS = 3
     meeting = threading.Barrier(3, timeout=5)  # passed only by three crossings running at once
@@ -45,12 +46,14 @@ async def test_crossings_run_side_by_side_on_the_database_threads(settings):
     assert all(name.startswith("database") for name in names), names
 
 
+@pytest.mark.django_db  # a crossing checks its thread's connection (connections_ready), which may be open
 async def test_with_one_database_thread_crossings_take_turns_on_it(settings):
     settings.DATABASE_THREADS = 1
     idents = await asyncio.gather(*(database_sync_to_async(slow_ident)() for _ in range(4)))
     assert len(set(idents)) == 1
 
 
+@pytest.mark.django_db  # a crossing checks its thread's connection (connections_ready), which may be open
 async def test_a_thread_sensitive_context_keeps_its_crossings_on_its_own_thread(settings):
     """What an evaluation run needs: its transaction lives on one connection, so on one thread."""
     settings.DATABASE_THREADS = 4
