@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 # Turns outlive the socket that asked for them: a customer who drops mid-reply finds it on return.
 running_turns: set[asyncio.Task[Any]] = set()
+# The same tasks by conversation, so a message counts its conversation's turns without a walk over all of them.
+_conversation_turns: dict[uuid.UUID, set[asyncio.Task[Any]]] = {}
 # Turns one conversation may have running or waiting in this process; more is a client flooding.
 MAX_QUEUED_TURNS = 5
 TOO_MANY = "Please wait for the answer to your earlier messages before sending more."
@@ -93,6 +95,27 @@ def customer_message_arrive(
 
 def _turn_name(conversation_id: uuid.UUID) -> str:
     return f"turn:{conversation_id.hex}"
+
+
+def _turns_queued(conversation_id: uuid.UUID) -> int:
+    """The conversation's turns (and handoffs) running or waiting in this process."""
+    return len(_conversation_turns.get(conversation_id, ()))
+
+
+def _turn_track(conversation_id: uuid.UUID, task: asyncio.Task[Any]) -> None:
+    """Keep the task (a turn outlives its socket) until it is done, counted against its conversation."""
+    running_turns.add(task)
+    _conversation_turns.setdefault(conversation_id, set()).add(task)
+
+    def done(task: asyncio.Task[Any]) -> None:
+        running_turns.discard(task)
+        tasks = _conversation_turns.get(conversation_id)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del _conversation_turns[conversation_id]
+
+    task.add_done_callback(done)
 
 
 class ChatConsumer(Socket):
@@ -204,8 +227,7 @@ class ChatConsumer(Socket):
         if isinstance(frame, ConfirmFrame):
             await self._confirm(frame)
             return
-        queued = sum(task.get_name() == _turn_name(self.conversation_id) for task in running_turns)
-        if queued >= MAX_QUEUED_TURNS:
+        if _turns_queued(self.conversation_id) >= MAX_QUEUED_TURNS:
             await self._refuse(CustomerError("too_many_messages", TOO_MANY, refused=True))
             return
         if isinstance(frame, HumanFrame):  # counted like a message, and nothing to store
@@ -286,8 +308,7 @@ class ChatConsumer(Socket):
             ),
             name=_turn_name(self.conversation_id),
         )
-        running_turns.add(task)
-        task.add_done_callback(running_turns.discard)
+        _turn_track(self.conversation_id, task)
 
 
     def _start_handoff(self) -> None:
@@ -300,5 +321,4 @@ class ChatConsumer(Socket):
             ),
             name=_turn_name(self.conversation_id),
         )
-        running_turns.add(task)
-        task.add_done_callback(running_turns.discard)
+        _turn_track(self.conversation_id, task)

@@ -15,15 +15,25 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 
-from chat import limits
+from chat import consumers, limits
 from chat.agent import ModelReply, ToolCall
 from chat.history import CUT_NOTE, estimate_tokens, trim_history
 from chat.prompts import SYSTEM_PROMPT
 from tests.support.browser import database_url
 from tests.support.driver import Chat
-from tests.support.history import assert_valid_api_history, stored_messages
+from tests.support.history import assert_valid_api_history, stored_messages, stored_turns
 from tests.support.models import ScriptedModel, calls, say_text
-from tests.support.sockets import TIMEOUT, an_address, attached, connect, new_session_key, of_type, say, until_idle
+from tests.support.sockets import (
+    TIMEOUT,
+    an_address,
+    attached,
+    connect,
+    new_session_key,
+    of_type,
+    open_chat,
+    say,
+    until_idle,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_turn_left_running")]
 
@@ -98,6 +108,38 @@ async def test_a_refusal_during_a_running_turn_keeps_the_turn_going(demo_data, m
     rest = await until_idle(communicator)
     assert [f["role"] for f in rest if f["type"] == "message"] == ["assistant"]
     await communicator.disconnect()
+
+
+async def test_a_conversation_holds_at_most_five_turns_and_others_are_not_held_back(demo_data, model, settings):
+    """A client sending faster than its turns run is refused past five running or waiting turns of its own
+    conversation, counted per conversation: another conversation's message still goes through meanwhile,
+    and the refused messages are neither stored nor answered."""
+    settings.CHAT_MESSAGES_PER_MINUTE = 100
+    flooder, conversation_id = await open_chat(await new_session_key())
+    await until_idle(flooder)
+    other = await attached(await new_session_key())
+    model.hold()
+    for n in range(7):
+        await flooder.send_json_to({"type": "message", "text": f"message {n}"})
+        if n == 0:
+            await asyncio.wait_for(model.entered.wait(), timeout=TIMEOUT)
+    refused = []
+    while len(refused) < 2:
+        frame = await flooder.receive_json_from(timeout=TIMEOUT)
+        if frame["type"] == "error":
+            refused.append(frame)
+    assert [f["code"] for f in refused] == ["too_many_messages"] * 2, "messages 5 and 6: five turns already queued"
+    assert all(f["refused"] is True and f["message"] == consumers.TOO_MANY for f in refused)
+    assert consumers._turns_queued(conversation_id) == 5
+    await other.send_json_to({"type": "message", "text": "another customer"})  # not held back by the flood
+    model.release()
+    assert not of_type(await until_idle(other), "error")
+    await asyncio.wait_for(asyncio.gather(*consumers.running_turns), timeout=TIMEOUT)
+    assert consumers._turns_queued(conversation_id) == 0, "a finished turn no longer counts"
+    customer_texts = [text for role, text in await stored_turns(conversation_id) if role == "user"]
+    assert customer_texts == [f"message {n}" for n in range(5)]
+    for communicator in (flooder, other):
+        await communicator.disconnect()
 
 
 def admit_in_another_process(session_key: str, count: int) -> None:
