@@ -55,7 +55,9 @@ class Turn(models.Model):
         TOOL = "tool"
         ERROR = "error"
 
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns")
+    # No index of its own: ``turn_unique_seq`` (conversation, seq) serves every lookup by conversation, and a
+    # second index would only cost each of a turn's inserts another write.
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns", db_index=False)
     seq = models.PositiveIntegerField()
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)

@@ -76,6 +76,19 @@ def test_storing_a_model_step_costs_the_same_queries_at_message_1_10_and_100():
     assert counts[1] <= 6, counts
 
 
+def test_a_turn_row_keeps_one_index_per_conversation():
+    """Each insert of a turn updates every index of the table: the (conversation, seq) unique constraint
+    serves every lookup by conversation, so the foreign key has no index of its own beside it."""
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, Turn._meta.db_table)
+    by_conversation = sorted(
+        tuple(c["columns"])
+        for c in constraints.values()
+        if (c["index"] or c["unique"]) and c["columns"][:1] == ["conversation_id"]
+    )
+    assert by_conversation == [("conversation_id", "seq")], by_conversation
+
+
 def test_a_waiting_message_is_taken_once_in_arrival_order():
     conversation_id = conversation_with(1)
     for text in ("first", "second"):
