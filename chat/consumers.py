@@ -93,6 +93,15 @@ def customer_message_arrive(
     return bool(superseded)
 
 
+def _holding(held: list[dict[str, Any]]) -> fanout.Deliver:
+    """A socket's delivery while it connects: each event kept in ``held``, in the order it came."""
+
+    async def hold(event: dict[str, Any]) -> None:
+        held.append(event)
+
+    return hold
+
+
 def _turn_name(conversation_id: uuid.UUID) -> str:
     return f"turn:{conversation_id.hex}"
 
@@ -153,13 +162,20 @@ class ChatConsumer(Socket):
             fanout.group_join(self.channel_layer, self.group, self.channel_name),
             self.channel_layer.group_add(modelstatus.STATUS_GROUP, self.channel_name),
         )
-        fanout.listen(self.group, self.channel_name, self.chat_frame)
+        # A turn of this conversation running in this process hands its frames straight to the socket: they
+        # are held until the conversation frame and the replay are out, so none goes ahead of them. (Frames
+        # through the layer wait anyway: the socket takes the next message only once ``connect`` returns.)
+        held: list[dict[str, Any]] = []
+        fanout.listen(self.group, self.channel_name, _holding(held))
         await self.accept()
         await self.send_json(protocol.conversation(self.conversation_id, resumed=not attached.created))
         if modelstatus.model_state() == "down":
             await self.send_json(modelstatus.status_frame())
         for frame in await self._live_replay(attached.replay):
             await self.send_json(frame)
+        while held:  # frames held meanwhile may still arrive behind these: they join the list and go in order
+            await self.chat_frame(held.pop(0))
+        fanout.listen(self.group, self.channel_name, self.chat_frame)
         if attached.created and attached.conversation.customer_id is None:
             earlycall.expect(self.conversation_id, [{"role": "system", "content": SYSTEM_PROMPT}], None, frozenset())
         else:  # it may have changed anywhere since this process last ran a turn of it (a sign-in: verified)

@@ -16,11 +16,12 @@ import pytest
 
 from chat import fanout
 from chat.agent import Message, ModelReply
-from chat.consumers import conversation_group
+from chat.consumers import ChatConsumer, conversation_group
 from tests.support.history import stored_turns
 from tests.support.sockets import (
     TIMEOUT,
     assistant_texts,
+    new_session_key,
     of_type,
     open_chat,
     operator_socket,
@@ -208,3 +209,29 @@ async def test_a_turn_whose_customer_left_sends_nothing_through_the_layer_while_
     assert group not in sent
     assert members_read == [group] * 3  # the first delta after the customer left, the answer, idle
     assert [text for role, text in await stored_turns(conversation_id) if role == "assistant"][-1] == "one two three."
+
+
+async def test_a_frame_handed_straight_to_a_connecting_socket_comes_after_its_replay(chat_model, monkeypatch):
+    """A turn of the conversation running in this process hands its frames straight to the socket: one that
+    comes while the socket sends its conversation frame and replay waits for them, so the page never gets a
+    live frame in the middle of the history it is redrawing."""
+    session_key = await new_session_key()
+    first, conversation_id = await open_chat(session_key)
+    await until_idle(first)
+    await say(first, "Hello")
+    await first.disconnect()
+    live = {"type": "delta", "text": "live "}
+    replay = ChatConsumer._live_replay
+
+    async def replay_while_a_turn_speaks(self: ChatConsumer, frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        await fanout.ConversationFanout(self.channel_layer, self.group, origin="a turn")(live)
+        return await replay(self, frames)
+
+    monkeypatch.setattr(ChatConsumer, "_live_replay", replay_while_a_turn_speaks)
+    second, resumed_id = await open_chat(session_key)
+    frames = await until_idle(second)
+    await second.disconnect()
+    replayed = [frame for frame in frames if frame.get("replay")]
+    assert resumed_id == conversation_id and len(replayed) >= 3, frames  # greeting, "Hello", its answer
+    assert frames.count(live) == 1, frames
+    assert frames.index(live) > frames.index(replayed[-1]), frames
