@@ -93,15 +93,6 @@ def customer_message_arrive(
     return bool(superseded)
 
 
-def _holding(held: list[dict[str, Any]]) -> fanout.Deliver:
-    """A socket's delivery while it connects: each event kept in ``held``, in the order it came."""
-
-    async def hold(event: dict[str, Any]) -> None:
-        held.append(event)
-
-    return hold
-
-
 def _turn_name(conversation_id: uuid.UUID) -> str:
     return f"turn:{conversation_id.hex}"
 
@@ -166,7 +157,11 @@ class ChatConsumer(Socket):
         # are held until the conversation frame and the replay are out, so none goes ahead of them. (Frames
         # through the layer wait anyway: the socket takes the next message only once ``connect`` returns.)
         held: list[dict[str, Any]] = []
-        fanout.listen(self.group, self.channel_name, _holding(held))
+
+        async def hold(event: dict[str, Any]) -> None:
+            held.append(event)
+
+        fanout.listen(self.group, self.channel_name, hold)
         await self.accept()
         await self.send_json(protocol.conversation(self.conversation_id, resumed=not attached.created))
         if modelstatus.model_state() == "down":
