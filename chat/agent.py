@@ -39,6 +39,21 @@ Message = dict[str, Any]
 Emit = Callable[[protocol.Frame], Awaitable[None]]
 
 
+class StoredMessage(dict):  # type: ignore[type-arg]
+    """A message as the transcript stored it, and its number in the conversation (``seq``): the frames that
+    show it carry the number, so a socket that attached meanwhile can tell a frame it has already shown."""
+
+    def __init__(self, message: Message, seq: int) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
+def numbered(message: Message) -> dict[str, int]:
+    """The frame keys naming a stored message's row (none for a message not stored, or stored behind)."""
+    seq = getattr(message, "seq", None)
+    return {} if seq is None else {"seq": seq}
+
+
 class ModelError(CustomerError):
     """The model could not answer. ``message`` is written for the customer; ``code`` for machines."""
 
@@ -144,7 +159,9 @@ class Transcript(Protocol):
         or ``record_error`` of the turn (which raise what it raised), and before the turn ends."""
         ...
 
-    async def record_error(self, code: str, message: str) -> None: ...
+    async def record_error(self, code: str, message: str) -> int | None:
+        """Store the failure; its number in the conversation (``seq``) when the transcript numbers rows."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -197,7 +214,7 @@ async def run_turn(
         message = {"role": "user", "content": customer_text}
         (stored,) = [customer_stored] if customer_stored is not None else await transcript.append([message])
         history.append(message if model_reads_typed_text else stored)
-        await emit(protocol.message("user", stored["content"]))
+        await emit(protocol.message("user", stored["content"], **numbered(stored)))
     await emit(protocol.typing())
 
     async def on_delta(text: str) -> None:
@@ -208,14 +225,14 @@ async def run_turn(
             reply = await model.complete(trim_history(history, bounds.history_token_budget), tools.schemas, on_delta)
         except ModelError as error:
             logger.warning("model call failed: %s", error)
-            await transcript.record_error(error.code, error.message)
-            await emit(error.frame())
+            seq = await transcript.record_error(error.code, error.message)
+            await emit({**error.frame(), **({"seq": seq} if seq is not None else {})})
             return TurnResult("error", call_number)
         if not reply.tool_calls:
             message = {"role": "assistant", "content": reply.content}
             (stored,) = await transcript.append([message], reply=reply)
             history.append(stored)
-            await emit(protocol.message("assistant", stored["content"]))
+            await emit(protocol.message("assistant", stored["content"], **numbered(stored)))
             return TurnResult("answered", call_number)
         ended = await _answer_tool_calls(
             reply, tools=tools, transcript=transcript, history=history, emit=emit, bounds=bounds, confirmer=confirmer
@@ -224,9 +241,9 @@ async def run_turn(
             return TurnResult("handed_off", call_number)
 
     message = {"role": "assistant", "content": FALLBACK_REPLY}
-    await transcript.append([message], fallback=True)
+    (stored,) = await transcript.append([message], fallback=True)
     history.append(message)
-    await emit(protocol.message("assistant", FALLBACK_REPLY, fallback=True))
+    await emit(protocol.message("assistant", FALLBACK_REPLY, fallback=True, **numbered(stored)))
     return TurnResult("fallback", bounds.max_model_calls)
 
 
@@ -243,8 +260,8 @@ async def _answer_tool_calls(
     """Run the tool calls of ``reply`` in order (the first ``max_tool_calls_per_reply``; the rest are
     answered with an error and never run), then store the call and all its results at once: every call
     id is answered. True when a tool ended the turn (``ToolOutcome.ends_turn``)."""
-    if reply.content:
-        await emit(protocol.message("assistant", reply.content))
+    if reply.content:  # named by its calls: its row is stored with their results, after they run
+        await emit(protocol.message("assistant", reply.content, calls=[call.id for call in reply.tool_calls]))
     outcomes: dict[str, ToolOutcome] = {}
     limit = bounds.max_tool_calls_per_reply
     for number, call in enumerate(reply.tool_calls):

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 
 from django.contrib.sessions.backends.base import SessionBase
 
-from chat import earlycall, fanout, handoff, identity, limits, modelstatus, protocol, services
+from chat import earlycall, fanout, handoff, identity, limits, modelstatus, protocol, selectors, services
 from chat.confirmations import (
     confirmation_decide,
     confirmation_wake,
@@ -22,6 +22,7 @@ from chat.db import database_sync_to_async
 from chat.frames import ConfirmFrame, HumanFrame, parse_client_frame
 from chat.prompts import SYSTEM_PROMPT
 from chat.protocol import CustomerError
+from chat.resume import Shown
 from chat.runtime import Arrival, Attached, conversation_attach, conversation_respond
 from chat.sockets import Socket
 from chat.turnlock import conversation_busy, conversation_wait_free
@@ -128,6 +129,8 @@ class ChatConsumer(Socket):
     session_key: str | None = None
     client_address: str | None = None
     socket_lease: str | None = None
+    shown: Shown
+    _catch_up_at_idle = False  # a turn was running as the socket attached: catch up before its idle
     _idle_waiter: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
@@ -166,8 +169,20 @@ class ChatConsumer(Socket):
         await self.send_json(protocol.conversation(self.conversation_id, resumed=not attached.created))
         if modelstatus.model_state() == "down":
             await self.send_json(modelstatus.status_frame())
-        for frame in await self._live_replay(attached.replay):
+        replay = await self._live_replay(attached.replay)
+        self.shown = Shown(replay)
+        for frame in replay:
             await self.send_json(frame)
+        busy = False
+        if not attached.created:
+            # Joined now: what was stored since the replay was read, whose frames went out before the join
+            # (``chat.resume``); asked after whether a turn runs, whose steps stored later it will catch up.
+            busy = await conversation_busy(self.conversation_id)
+            for frame in await self._catch_up():
+                await self.send_json(frame)
+        self._catch_up_at_idle = busy or attached.waiting
+        if not self._catch_up_at_idle:
+            self.shown.caught_up()
         while held:  # frames held meanwhile may still arrive behind these: they join the list and go in order
             await self.chat_frame(held.pop(0))
         fanout.listen(self.group, self.channel_name, self.chat_frame)
@@ -179,12 +194,19 @@ class ChatConsumer(Socket):
             # The greeting; or messages stored and not yet taken (their process may have died): the turn
             # waits for any running one, then answers them (and does nothing if another turn took them).
             self._start_turn(early_call=attached.created)
-        elif not await conversation_busy(self.conversation_id):
+        elif not busy:
             await self.send_json(protocol.idle())
         else:
             # The running turn sends its idle to everyone; but if its process died, only the lease's
             # expiry ends it, and nobody would say so: this socket hears it once the conversation is free.
             self._idle_waiter = asyncio.create_task(self._idle_when_free())
+
+    async def _catch_up(self) -> list[dict[str, Any]]:
+        """The frames of the turns stored since the replay that this socket has not shown (``chat.resume``)."""
+        frames = await database_sync_to_async(selectors.conversation_replay_frames)(
+            conversation_id=self.conversation_id, after_seq=self.shown.upto
+        )
+        return self.shown.unshown(frames)
 
     async def _live_replay(self, replay: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The replay, without cards no turn waits on any more (its process died): they are expired."""
@@ -294,10 +316,18 @@ class ChatConsumer(Socket):
             await self.send_json(protocol.idle())
 
     async def chat_frame(self, event: dict[str, Any]) -> None:
-        """A frame of this conversation, from whichever socket's turn produced it."""
+        """A frame of this conversation, from whichever socket's turn produced it, unless already shown."""
         frame = event["frame"]
+        if not self.shown.fresh(frame):
+            return
         if frame.get("role") == "user" and event.get("origin") == self.channel_name:
             return  # the sender already shows its own message
+        if frame.get("type") == "idle" and self._catch_up_at_idle:
+            # The turn running as this socket attached is over: its steps stored after the catch-up's read.
+            self._catch_up_at_idle = False
+            for missed in await self._catch_up():
+                await self.send_json(missed)
+            self.shown.caught_up()
         await self.send_json(frame)
 
     async def chat_joined(self, event: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ from django.utils import timezone
 from pydantic import Field
 
 from chat import counters, protocol, services
-from chat.agent import Emit, TurnResult
+from chat.agent import Emit, TurnResult, numbered
 from chat.db import database_sync_to_async
 from chat.models import Conversation, HandoffEvent, Holder, Turn
 from chat.toolbox import ToolContext, ToolError
@@ -201,8 +201,10 @@ def _turn_append(conversation: Conversation, *, content: str, kind: str, name: s
 
 
 def _note_append(conversation: Conversation, frame: protocol.Frame, **words: str) -> None:
+    """Store the note of a change of holder, with the frame that tells the customer (which then names its row)."""
     fields = {key: value for key, value in frame.items() if key != "type"}
-    _turn_append(conversation, content=NOTES[frame["state"]].format(**words), kind="handoff", result=fields)
+    turn = _turn_append(conversation, content=NOTES[frame["state"]].format(**words), kind="handoff", result=fields)
+    frame["seq"] = turn.seq
 
 
 def _holder_set(conversation: Conversation, state: str, *, staff: Any = None, reason: str | None = None) -> None:
@@ -289,8 +291,8 @@ def staff_reply(*, conversation_id: uuid.UUID, staff: Any, text: str) -> protoco
     conversation = _held_by(conversation_id, staff)
     name = staff_display_name(staff)
     text = _mask(conversation, text)
-    _turn_append(conversation, content=text, kind="staff", name=name)
-    frame = protocol.message("staff", text, name=name)
+    turn = _turn_append(conversation, content=text, kind="staff", name=name)
+    frame = protocol.message("staff", text, name=name, seq=turn.seq)
     _after_commit(conversation_id, [frame])
     return frame
 
@@ -364,7 +366,7 @@ async def customer_message_while_held(*, holder: str, stored: dict[str, Any] | N
     if holder == Holder.CLOSED or stored is None:
         await emit(protocol.error("conversation_closed", CLOSED_MESSAGE, refused=True))
         return TurnResult("error", 0)
-    await emit(protocol.message("user", stored["content"], held=True))
+    await emit(protocol.message("user", stored["content"], held=True, **numbered(stored)))
     return TurnResult("held", 0)
 
 

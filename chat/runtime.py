@@ -28,6 +28,7 @@ from chat.agent import (
     Emit,
     Message,
     ModelReply,
+    StoredMessage,
     ToolCall,
     ToolOutcome,
     TurnResult,
@@ -146,15 +147,16 @@ class StoredTranscript:
         )
         if behind:
             self._writing = asyncio.ensure_future(writing)
-        else:
-            await writing
-        return messages
+            return messages
+        turns = await writing
+        return [StoredMessage(message, turn.seq) for message, turn in zip(messages, turns, strict=True)]
 
-    async def record_error(self, code: str, message: str) -> None:
+    async def record_error(self, code: str, message: str) -> int:
         await self.settle()
-        await database_sync_to_async(services.turn_record_error)(
+        turn = await database_sync_to_async(services.turn_record_error)(
             conversation_id=self.conversation_id, code=code, message=message
         )
+        return turn.seq
 
 
 class MaskedEmit:
@@ -343,8 +345,9 @@ def turn_start(
     if sum(message["role"] == "user" for message in history) >= settings.CHAT_MAX_CUSTOMER_MESSAGES:
         start.too_long = True
         return start
-    (start.customer_stored,) = start.keeper.mask_messages([{"role": "user", "content": text}])
-    services.turns_insert(conversation=conversation, messages=[start.customer_stored], meta={"is_fallback": False})
+    (stored,) = start.keeper.mask_messages([{"role": "user", "content": text}])
+    (turn,) = services.turns_insert(conversation=conversation, messages=[stored], meta={"is_fallback": False})
+    start.customer_stored = StoredMessage(stored, turn.seq)
     return start
 
 
@@ -499,8 +502,8 @@ async def conversation_respond(
                 return result
             except Exception:
                 logger.exception("turn failed in conversation %s", conversation_id)
-                await _record_internal_error(conversation_id)
-                await emit(protocol.error("internal_error", INTERNAL_ERROR))
+                row = await _record_internal_error(conversation_id)
+                await emit(protocol.error("internal_error", INTERNAL_ERROR, **row))
                 return TurnResult("error", 0)
     except CustomerError as refusal:
         if held or arrival is None:
@@ -549,11 +552,13 @@ async def _kept(arrival: Arrival) -> bool:
     return True
 
 
-async def _record_internal_error(conversation_id: uuid.UUID) -> None:
-    """Leave reviewers a trace of the failure, if the database still answers."""
+async def _record_internal_error(conversation_id: uuid.UUID) -> dict[str, int]:
+    """Leave reviewers a trace of the failure, if the database still answers: the error frame's row key."""
     try:
-        await database_sync_to_async(services.turn_record_error)(
+        turn = await database_sync_to_async(services.turn_record_error)(
             conversation_id=conversation_id, code="internal_error", message=INTERNAL_ERROR
         )
     except Exception:
         logger.exception("could not record the failure in conversation %s", conversation_id)
+        return {}
+    return {"seq": turn.seq}

@@ -66,24 +66,30 @@ def history_messages(rows: list[Any]) -> list[dict[str, Any]]:
     return messages_valid_for_api([turn_as_message(_MessageRow(*row)) for row in rows])
 
 
-def conversation_replay_frames(*, conversation_id: uuid.UUID) -> list[protocol.Frame]:
-    """The conversation so far as WebSocket frames, to show it again after a reload."""
+def conversation_replay_frames(*, conversation_id: uuid.UUID, after_seq: int = 0) -> list[protocol.Frame]:
+    """The conversation so far as WebSocket frames, to show it again after a reload; only its turns after
+    ``after_seq`` when given (the cards still awaiting an answer always). A frame of a turn carries its
+    ``seq``, as the live one did (``chat.resume``); a tool step's carries its call's ``id``."""
     frames: list[protocol.Frame] = []
     calls: dict[str, dict[str, Any]] = {}
-    for turn in Turn.objects.filter(conversation_id=conversation_id).exclude(role=Turn.Role.SYSTEM).order_by("seq"):
+    turns = Turn.objects.filter(conversation_id=conversation_id, seq__gt=after_seq).exclude(role=Turn.Role.SYSTEM)
+    for turn in turns.order_by("seq"):
         if turn.kind == "staff":
-            frames.append(protocol.message("staff", turn.content, name=turn.name, replay=True))
+            frames.append(protocol.message("staff", turn.content, name=turn.name, replay=True, seq=turn.seq))
         elif turn.kind == "handoff":
-            frames.append(protocol.replayed(protocol.handoff(**(turn.result or {"state": "agent", "message": ""}))))
+            fields = turn.result or {"state": "agent", "message": ""}
+            frames.append(protocol.replayed(protocol.handoff(**{**fields, "seq": turn.seq})))
         elif turn.role in (Turn.Role.USER, Turn.Role.ASSISTANT) and turn.content:
-            frames.append(protocol.message(turn.role, cut_text(turn.content, REPLAY_MAX_CHARS), replay=True))
+            text = cut_text(turn.content, REPLAY_MAX_CHARS)
+            calls = {"calls": [call["id"] for call in turn.tool_calls]} if turn.tool_calls else {}
+            frames.append(protocol.message(turn.role, text, replay=True, seq=turn.seq, **calls))
         for call in turn.tool_calls or []:
             calls[call["id"]] = call
         if turn.role == Turn.Role.TOOL:
             call = calls.get(turn.tool_call_id, {"function": {"name": turn.name, "arguments": "{}"}})
             frames.append(_tool_frame(call, turn))
         if turn.role == Turn.Role.ERROR:
-            frames.append(protocol.error(turn.error_code, turn.content, replay=True))
+            frames.append(protocol.error(turn.error_code, turn.content, replay=True, seq=turn.seq))
     frames.extend(confirmation_pending_frames(conversation_id=conversation_id))  # a card awaiting its answer
     return frames
 
@@ -100,4 +106,5 @@ def _tool_frame(call: dict[str, Any], turn: Turn) -> protocol.Frame:
         result=turn.result,
         arguments=arguments,
         replay=True,
+        seq=turn.seq,
     )

@@ -53,7 +53,7 @@ async def test_new_conversation_starts_with_the_greeting(model):
     assert kinds[-2:] == ["message", "idle"]
     assert set(kinds[1:-2]) == {"delta"}
     assert "".join(f["text"] for f in of_type(frames, "delta")) == GREETING
-    assert frames[-2] == {"type": "message", "role": "assistant", "text": GREETING}
+    assert frames[-2] == {"type": "message", "role": "assistant", "text": GREETING, "seq": 1}  # its row's number
     assert model.calls == 1
     assert await stored_turns(uuid.UUID(first["id"])) == [("assistant", GREETING)]
     await communicator.disconnect()
@@ -255,7 +255,10 @@ async def test_a_model_failure_is_reported_and_the_next_message_works(demo_data,
     model.queue(failure)
 
     frames = await say(communicator, SEED_MESSAGES[1])
-    assert frames[-2:] == [{"type": "error", "code": failure.code, "message": failure.message}, {"type": "idle"}]
+    assert frames[-2:] == [
+        {"type": "error", "code": failure.code, "message": failure.message, "seq": 3},  # greeting, message, error
+        {"type": "idle"},
+    ]
     assert not assistant_texts(frames)
     turns = await stored_turns(conversation_id)
     assert turns[-2][0] == "user" and "john_doe" in turns[-2][1], "the customer's message is kept"
@@ -414,13 +417,13 @@ async def test_two_tabs_of_one_session_take_turns_and_see_each_other(demo_data, 
     a_second, b_second = await until_idle(tab_a), await until_idle(tab_b)
 
     # Tab B sees A's message echoed, then the reply; then (its own message not echoed) the reply to it.
-    assert b_first[0] == {"type": "message", "role": "user", "text": SEED_MESSAGES[1]}
+    assert b_first[0] == {"type": "message", "role": "user", "text": SEED_MESSAGES[1], "seq": 2}
     assert "verified" in assistant_texts(b_first)[-1]
     assert not [f for f in b_second if f.get("role") == "user"]
     assert "Open" in assistant_texts(b_second)[-1]
     # Tab A sees its reply, then B's message echoed before the reply to it.
     assert not [f for f in a_first if f.get("role") == "user"]
-    assert a_second[0] == {"type": "message", "role": "user", "text": SEED_MESSAGES[2]}
+    assert a_second[0] == {"type": "message", "role": "user", "text": SEED_MESSAGES[2], "seq": 6}
     assert "Open" in assistant_texts(a_second)[-1]
 
     turns = await stored_turns(conversation_id)

@@ -17,7 +17,7 @@ from chat.agent import FALLBACK_REPLY
 from chat.models import Conversation, HandoffEvent, Holder, Turn
 from chat.operators.access import roles_ensure
 from tests.support.driver import Chat
-from tests.support.history import assert_valid_api_history, stored_messages
+from tests.support.history import assert_valid_api_history, last_seq, stored_messages
 from tests.support.models import MODEL_ERROR, ScriptedModel
 from tests.support.seed import SEED_MESSAGES
 
@@ -71,7 +71,7 @@ async def test_asking_for_a_person_queues_the_conversation_and_the_model_stays_s
         frames = await chat.respond(text)
         assert builtin.calls == calls + 1, "no model call while waiting for a person"
         assert [f["type"] for f in frames] == ["message", "idle"]
-        assert frames[0] == {"type": "message", "role": "user", "text": text, "held": True}
+        assert frames[0] == {"type": "message", "role": "user", "text": text, "held": True, "seq": await last_seq(chat.id)}
     stored = await stored_messages(chat.id)
     assert [m["content"] for m in stored[-2:]] == ["hello? anyone there", "my ticket is 12345"]
     events = await database_sync_to_async(lambda: list(HandoffEvent.objects.filter(conversation_id=chat.id)))()
@@ -88,11 +88,17 @@ async def test_a_person_answers_hands_back_and_the_model_reads_what_happened(bui
     calls = builtin.calls
 
     joined = await database_sync_to_async(handoff.handoff_claim)(conversation_id=chat.id, staff=staff)
-    assert joined == {"type": "handoff", "state": "human", "message": "Alice joined the conversation.", "name": "Alice"}
+    assert joined == {
+        "type": "handoff", "state": "human", "message": "Alice joined the conversation.", "name": "Alice",
+        "seq": await last_seq(chat.id),  # its note's row
+    }
     reply = await database_sync_to_async(handoff.staff_reply)(
         conversation_id=chat.id, staff=staff, text="Hi, I'm Alice. How can I help?"
     )
-    assert reply == {"type": "message", "role": "staff", "text": "Hi, I'm Alice. How can I help?", "name": "Alice"}
+    assert reply == {
+        "type": "message", "role": "staff", "text": "Hi, I'm Alice. How can I help?", "name": "Alice",
+        "seq": await last_seq(chat.id),
+    }
     frames = await chat.respond("I was charged twice")
     assert builtin.calls == calls, "no model call while a person holds the conversation"
     assert frames[0]["held"] is True
@@ -169,7 +175,10 @@ async def test_the_replay_shows_the_handoff_and_the_staff_replies(builtin):
         ("tool", "request_human"), ("handoff", "waiting"), ("handoff", "human"),
         ("message", "staff"), ("message", "user"),
     ]
-    assert frames[-2] == {"type": "message", "role": "staff", "text": "<b>Hello</b>", "name": "Alice", "replay": True}
+    assert frames[-2] == {
+        "type": "message", "role": "staff", "text": "<b>Hello</b>", "name": "Alice", "replay": True,
+        "seq": frames[-1]["seq"] - 1,  # the rows' numbers, as their live frames had them
+    }
     assert all(f.get("replay") for f in frames)
 
 

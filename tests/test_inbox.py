@@ -24,6 +24,7 @@ from chat.operators.handoff_stats import handoff_summary
 from chat.operators.selectors import conversations_for_review, conversations_matching
 from supportsite.asgi import application
 from tests.support.admin import as_user
+from tests.support.history import last_seq, last_seq_sync
 from tests.support.sockets import open_chat, staff_headers, until_idle
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -96,7 +97,7 @@ def test_claim_reply_return_over_http(waiting):
     assert staff.post(action("reply", waiting), {"text": "a\x00b"}, **JSON).json()["code"] == "bad_reply"
     reply = staff.post(action("reply", waiting), {"text": "Hello, <b>Alice</b> here"}, **JSON)
     assert reply.json()["frame"] == {"type": "message", "role": "staff", "text": "Hello, <b>Alice</b> here",
-                                     "name": "Alice"}
+                                     "name": "Alice", "seq": last_seq_sync(waiting.id)}
     page = staff.get(reverse("operators:inbox-conversation", args=[waiting.id])).content.decode()
     assert "Hello, &lt;b&gt;Alice&lt;/b&gt; here" in page and "Alice (Support)" in page
     assert staff.post(action("return", waiting), **JSON).json()["frame"]["state"] == "agent"
@@ -241,7 +242,7 @@ async def test_the_customer_page_socket_asks_for_a_person_and_hears_the_staff(wa
     assert (await customer.receive_json_from(timeout=TIMEOUT))["state"] == "human"
     await database_sync_to_async(handoff.staff_reply)(conversation_id=conversation_id, staff=staff, text="Hi!")
     assert await customer.receive_json_from(timeout=TIMEOUT) == {
-        "type": "message", "role": "staff", "text": "Hi!", "name": "Alice"
+        "type": "message", "role": "staff", "text": "Hi!", "name": "Alice", "seq": await last_seq(conversation_id)
     }
     await customer.send_json_to({"type": "message", "text": "hello Alice"})
     frames = await until_idle(customer)

@@ -49,3 +49,11 @@ def assert_valid_api_history(messages: list[Message]) -> None:
             index += len(wanted)
         else:
             assert message["role"] != "tool", "a tool result without its call"
+
+
+def last_seq_sync(conversation_id: uuid.UUID) -> int:
+    """The number of the conversation's last stored row (what the frame showing it names as ``seq``)."""
+    return Turn.objects.filter(conversation_id=conversation_id).order_by("-seq").values_list("seq", flat=True)[0]
+
+
+last_seq = database_sync_to_async(last_seq_sync)
