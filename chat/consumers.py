@@ -173,14 +173,12 @@ class ChatConsumer(Socket):
         self.shown = Shown(replay)
         for frame in replay:
             await self.send_json(frame)
-        busy = False
         if not attached.created:
             # Joined now: what was stored since the replay was read, whose frames went out before the join
             # (``chat.resume``); asked after whether a turn runs, whose steps stored later it will catch up.
-            busy = await conversation_busy(self.conversation_id)
+            self._catch_up_at_idle = attached.waiting or await conversation_busy(self.conversation_id)
             for frame in await self._catch_up():
                 await self.send_json(frame)
-        self._catch_up_at_idle = busy or attached.waiting
         if not self._catch_up_at_idle:
             self.shown.caught_up()
         while held:  # frames held meanwhile may still arrive behind these: they join the list and go in order
@@ -194,7 +192,7 @@ class ChatConsumer(Socket):
             # The greeting; or messages stored and not yet taken (their process may have died): the turn
             # waits for any running one, then answers them (and does nothing if another turn took them).
             self._start_turn(early_call=attached.created)
-        elif not busy:
+        elif not await conversation_busy(self.conversation_id):
             await self.send_json(protocol.idle())
         else:
             # The running turn sends its idle to everyone; but if its process died, only the lease's
