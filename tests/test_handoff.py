@@ -71,7 +71,8 @@ async def test_asking_for_a_person_queues_the_conversation_and_the_model_stays_s
         frames = await chat.respond(text)
         assert builtin.calls == calls + 1, "no model call while waiting for a person"
         assert [f["type"] for f in frames] == ["message", "idle"]
-        assert frames[0] == {"type": "message", "role": "user", "text": text, "held": True, "seq": await last_seq(chat.id)}
+        seq = await last_seq(chat.id)
+        assert frames[0] == {"type": "message", "role": "user", "text": text, "held": True, "seq": seq}
     stored = await stored_messages(chat.id)
     assert [m["content"] for m in stored[-2:]] == ["hello? anyone there", "my ticket is 12345"]
     events = await database_sync_to_async(lambda: list(HandoffEvent.objects.filter(conversation_id=chat.id)))()

@@ -30,6 +30,7 @@ from chat import handoff
 from chat.models import Conversation, Holder, Turn
 from chat.operators.access import roles_ensure
 from tests.support.browser import ARTIFACTS, STAFF_PASSWORD, ChatServer, daphne_environment, free_port
+from tests.support.history import last_seq_sync
 from tests.support.live import frames_until, greeted_conversation, resumed, say
 from tests.support.seed import SEED_MESSAGES
 
@@ -142,12 +143,15 @@ def test_staff_on_one_process_and_the_customer_on_another_talk_live(servers):
         assert status == 200 and answer["frame"]["state"] == "human"
         joined = next_frame(customer, "handoff")
         assert joined == {"type": "handoff", "state": "human", "message": "Alice joined the conversation.",
-                          "name": "Alice"}
+                          "name": "Alice", "seq": last_seq_sync(conversation_id)}  # its note's row
         with alice.socket(f"/ws/operators/inbox/{conversation_id}/") as watching:
             status, _ = alice.post(f"/operators/inbox/{conversation_id}/reply/", text="Hello from Alice")
             assert status == 200
             staff_message = next_frame(customer, "message")
-            assert staff_message == {"type": "message", "role": "staff", "text": "Hello from Alice", "name": "Alice"}
+            assert staff_message == {
+                "type": "message", "role": "staff", "text": "Hello from Alice", "name": "Alice",
+                "seq": last_seq_sync(conversation_id),
+            }
             assert next_frame(watching, "message")["role"] == "staff"
 
             customer.send(json.dumps({"type": "message", "text": "thanks Alice, it's about 12345"}))

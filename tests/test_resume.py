@@ -173,7 +173,7 @@ async def test_a_live_turns_frames_name_the_rows_the_replay_shows(chat_model, de
     from tests.support.seed import SEED_MESSAGES
 
     session_key = await new_session_key()
-    first, conversation_id = await open_chat(session_key)
+    first, _ = await open_chat(session_key)
     live = await until_idle(first)
     for text in SEED_MESSAGES[1:3]:
         live += await say(first, text)
