@@ -260,3 +260,33 @@ async def test_exports_stream_asynchronously_under_asgi(async_client):
     assert response.streaming and response.is_async
     body = b"".join([chunk async for chunk in response.streaming_content]).decode()
     assert len(body.splitlines()) == EXPORT_CHUNK_SIZE + 5
+
+
+def test_a_reader_that_stops_early_ends_the_export_quietly(tmp_path):
+    """``export_transcripts | head``: the pipe closes after the first lines; the command stops without a
+    traceback and exits 0."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    database = tmp_path / "db.sqlite3"
+    environment = {**os.environ, "DATABASE_URL": f"sqlite:///{database}", "REDIS_URL": ""}
+    manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput"], env=environment, check=True, capture_output=True)
+    conversations = "\n".join([
+        "from chat import services",
+        "for _ in range(400):",
+        "    conversation = services.conversation_start(session_key='x')",
+        "    services.turns_append(conversation_id=conversation.id, messages=[",
+        "        {'role': 'user', 'content': 'hello ' * 50}, {'role': 'assistant', 'content': 'hi ' * 50}])",
+    ])
+    subprocess.run([*manage, "shell", "-c", conversations], env=environment, check=True, capture_output=True)
+    export = subprocess.Popen([*manage, "export_transcripts"], env=environment, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    first = export.stdout.readline()
+    export.stdout.close()  # the reader is gone, as ``head -1`` would be
+    errors = export.stderr.read().decode()
+    assert export.wait(timeout=60) == 0, errors
+    assert first.startswith(b"{") and "Traceback" not in errors, errors

@@ -6,6 +6,8 @@ The same filters as the operators' list; conversations are streamed a chunk at a
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from datetime import date
 from typing import Any
 
@@ -56,5 +58,12 @@ class Command(BaseCommand):
         else:
             lines = exports.jsonl_lines(conversations=conversations_matching(filters=filters),
                                         chunk_size=options["chunk_size"])
-        for line in lines:
-            self.stdout.write(line, ending="")
+        try:
+            for line in lines:
+                self.stdout.write(line, ending="")
+            self.stdout.flush()
+        except BrokenPipeError:
+            # The reader stopped early (``| head``): nothing more is wanted, and that is no failure. Python's
+            # own flush of stdout at exit would raise again: stdout goes to /dev/null (the documented way).
+            if self.stdout._out is sys.stdout:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
