@@ -39,7 +39,8 @@ def _unnumbered_step(frame: Frame) -> Hashable | None:
 class Shown:
     """The rows (and cards) whose frames a socket has sent: from its replay, its catch-ups and live."""
 
-    def __init__(self, replay: list[Frame]) -> None:
+    def __init__(self, replay: list[Frame], *, upto: int = 0) -> None:
+        self.floor = upto  # rows up to this one are shown already (an operator's page, read before its socket)
         self.seqs: set[int] = set()
         self.cards: set[str] = set()
         self.catching_up = True  # a catch-up may still come (``caught_up``)
@@ -47,13 +48,13 @@ class Shown:
         self.read_steps: Counter[Hashable] = Counter()  # steps shown by a catch-up, while catching up
         for frame in replay:
             self._new_row(frame)
-        self.upto = max(self.seqs, default=0)  # the replay's last row: a catch-up reads the rows after it
+        self.upto = max(self.seqs, default=upto)  # the replay's last row: a catch-up reads the rows after it
 
     def _new_row(self, frame: Frame) -> bool:
         """Whether the frame shows no row or card shown yet (which then counts as shown)."""
         seq = frame.get("seq")
         if seq is not None:
-            if seq in self.seqs:
+            if seq <= self.floor or seq in self.seqs:
                 return False
             self.seqs.add(seq)
         if frame.get("type") == "confirm":

@@ -197,3 +197,63 @@ async def until_replay_done(communicator) -> list[dict[str, Any]]:
     while not await communicator.receive_nothing(timeout=0.3):
         frames.append(await communicator.receive_json_from())
     return frames
+
+
+# THE OPERATORS' LIVE TIMELINE: the page shows the rows up to its ``data-last-seq``; its socket says so.
+
+
+def timeline_socket(conversation_id: uuid.UUID, headers, query: str):
+    from channels.testing import WebsocketCommunicator
+
+    from supportsite.asgi import application
+
+    return WebsocketCommunicator(
+        application, f"/ws/operators/conversations/{conversation_id}/{query}", headers=headers
+    )
+
+
+async def test_an_operators_timeline_gets_the_rows_stored_after_its_page_was_read(monkeypatch):
+    """The page was read up to a row; a turn then stored and sent its steps before the page's socket joined.
+    The socket sends those rows (the customer's as stored, masked) once; their frames sent again are dropped;
+    a new step is relayed as usual."""
+    from tests.support.history import last_seq
+    from tests.support.sockets import staff_headers, watched_conversation
+
+    conversation_id = await watched_conversation()
+    await stored(conversation_id, {"role": "assistant", "content": "Hello! How can I help?"})
+    page_upto = await last_seq(conversation_id)  # what the page rendered
+    question = "is 12345 open?"
+    answer = "Ticket 12345 is open."
+    seqs = await stored(
+        conversation_id, {"role": "user", "content": question}, {"role": "assistant", "content": answer}
+    )
+    await sent(conversation_id, protocol.message("assistant", answer, seq=seqs[1]))  # nobody listens yet
+
+    operator = timeline_socket(conversation_id, await staff_headers("operator"), f"?after={page_upto}")
+    connected, _ = await operator.connect(timeout=10)
+    assert connected
+    caught = [await operator.receive_json_from(timeout=10) for _ in range(2)]
+    assert caught == [
+        {"type": "message", "role": "user", "text": question, "replay": True, "seq": seqs[0], "masked": True},
+        {"type": "message", "role": "assistant", "text": answer, "replay": True, "seq": seqs[1]},
+    ]
+    await sent(conversation_id, protocol.message("assistant", answer, seq=seqs[1]))  # sent late: shown already
+    assert await operator.receive_nothing(timeout=0.3)
+    (later,) = await stored(conversation_id, {"role": "assistant", "content": "Anything else?"})
+    await sent(conversation_id, protocol.message("assistant", "Anything else?", seq=later))
+    assert (await operator.receive_json_from(timeout=10))["seq"] == later
+    await operator.disconnect()
+
+
+@pytest.mark.parametrize("query", ["", "?after=", "?after=abc", "?after=-1", "?after=1&after=2", "?after=" + "9" * 12])
+async def test_a_timeline_socket_without_a_row_number_catches_nothing_up(query):
+    """Without a usable ``after`` (an older page, a made-up URL) the socket relays live frames only, as before."""
+    from tests.support.sockets import staff_headers, watched_conversation
+
+    conversation_id = await watched_conversation()
+    await stored(conversation_id, {"role": "assistant", "content": "Hello! How can I help?"})
+    operator = timeline_socket(conversation_id, await staff_headers("operator"), query)
+    connected, _ = await operator.connect(timeout=10)
+    assert connected
+    assert await operator.receive_nothing(timeout=0.3)
+    await operator.disconnect()

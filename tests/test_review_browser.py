@@ -91,9 +91,13 @@ def test_operator_reviews_searches_and_watches_live(browser: Browser, review_ser
     expect(customer.locator("#chat-log .message--assistant:not(.is-streaming) .bubble")).to_have_count(1)
     expect(customer.locator("#chat")).to_have_attribute("data-turn", "idle")
     conversation_id = customer.locator("#chat").get_attribute("data-conversation-id")
-    page.goto(f"/operators/conversations/{conversation_id}/")
+    with page.expect_websocket() as opened:
+        page.goto(f"/operators/conversations/{conversation_id}/")
     expect(page.locator("#timeline")).to_have_attribute("data-live", "open")
     expect(page.locator("#timeline .entry--agent")).to_have_count(1)  # the greeting, rendered by the server
+    # The socket says which rows the page shows: the server sends any stored since (chat.resume).
+    shown_upto = page.locator("#timeline").get_attribute("data-last-seq")
+    assert int(shown_upto) > 0 and opened.value.url.endswith(f"?after={shown_upto}"), opened.value.url
 
     composer = customer.get_by_label("Your message")
     composer.fill(SEED_MESSAGES[1])

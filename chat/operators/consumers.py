@@ -16,16 +16,18 @@ from __future__ import annotations
 import time
 import uuid
 from typing import Any
+from urllib.parse import parse_qs
 
 from django.contrib.auth import get_user_model
 
-from chat import fanout
+from chat import fanout, selectors
 from chat.consumers import conversation_group
 from chat.db import database_sync_to_async
 from chat.models import Turn
 from chat.operators.access import may_review
 from chat.operators.revocation import staff_user_group
 from chat.operators.selectors import conversation_exists
+from chat.resume import Shown
 from chat.sockets import Socket
 
 # Seconds a check of the right is trusted before a relayed frame pays for another (one worker-thread hop,
@@ -52,6 +54,15 @@ def customer_messages_after(conversation_id: uuid.UUID, seq: int, limit: int) ->
 def last_customer_seq(conversation_id: uuid.UUID) -> int:
     turn = Turn.objects.filter(conversation_id=conversation_id, role=Turn.Role.USER).order_by("-seq").first()
     return turn.seq if turn else 0
+
+
+def _page_upto(scope: dict[str, Any]) -> int | None:
+    """The last stored row the page shows (``?after=<seq>``, which ``static/operators/live.js`` sends); None
+    when the URL has none or not a number (then nothing is caught up)."""
+    values = parse_qs(scope.get("query_string", b"").decode()).get("after", [])
+    if len(values) != 1 or not values[0].isdecimal() or len(values[0]) > 9:
+        return None
+    return int(values[0])
 
 
 class StaffSocket(Socket):
@@ -125,6 +136,20 @@ class OperatorConsumer(StaffSocket):
         self.shown_customer_seq = await database_sync_to_async(last_customer_seq)(conversation_id)
         await self._join(conversation_group(conversation_id), conversation=True)
         await self.accept()
+        after = _page_upto(self.scope)
+        self.shown = Shown([], upto=after or 0)
+        if after is not None:
+            # The rows stored since the page's timeline was read (or since the frames it showed before its
+            # socket dropped), whose frames went out before this socket joined: from the database, once.
+            frames = await database_sync_to_async(selectors.conversation_replay_frames)(
+                conversation_id=conversation_id, after_seq=after
+            )
+            for frame in self.shown.unshown(frames):
+                if frame.get("role") == "user":  # stored: masked already
+                    frame = {**frame, "masked": True}
+                    self.shown_customer_seq = max(self.shown_customer_seq, frame["seq"])
+                await self.send_json(frame)
+        self.shown.caught_up()
 
     async def disconnect(self, code: int) -> None:
         await self._leave_groups()
@@ -147,6 +172,10 @@ class OperatorConsumer(StaffSocket):
         if not await self._may_relay():
             return
         frame = event["frame"]
+        if self.shown.fresh(frame):  # not a row the page or this socket's catch-up already shows
+            await self._relay(frame)
+
+    async def _relay(self, frame: dict[str, Any]) -> None:
         if frame.get("type") == "message" and frame.get("role") == "user":
             self.pending_customer_messages += 1
             await self.send_json({"type": "message", "role": "user", "pending": True})

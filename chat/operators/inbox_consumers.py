@@ -119,13 +119,10 @@ class InboxConversationConsumer(_ConsolePresence, OperatorConsumer):
         await super().disconnect(code)
         await self.presence_release()
 
-    async def chat_frame(self, event: dict[str, Any]) -> None:
-        frame = event["frame"]
+    async def _relay(self, frame: dict[str, Any]) -> None:
         if frame.get("type") == "message" and frame.get("role") == "user" and frame.get("held"):
-            if not await self._may_relay():
-                return
             await self.send_json(frame)
             # Stored before it was sent: later placeholders are filled from after it, never with it again.
             self.shown_customer_seq = await database_sync_to_async(last_customer_seq)(self.conversation_id)
             return
-        await super().chat_frame(event)
+        await super()._relay(frame)

@@ -9,6 +9,11 @@
 
   var streaming = null; // the agent entry being streamed, until its "message" frame arrives
   var calls = {}; // tool call id -> its section, to add the result
+  var callsSaid = {}; // the words of replies that called tools, by their calls' ids: shown once
+  // The last stored row this page shows: the server sends what was stored after it when the socket
+  // (re)connects. Steps shown before they are stored (tool steps, such words) carry no number: a copy
+  // the server sends again is known by its call ids.
+  var lastSeq = Number(timeline.dataset.lastSeq) || 0;
 
   function el(tag, className, text) {
     var node = document.createElement(tag);
@@ -52,6 +57,11 @@
       text.textContent = frame.text;
       return;
     }
+    if (frame.calls && frame.calls.length) {
+      var said = frame.calls.join(" ");
+      if (callsSaid[said]) return;
+      callsSaid[said] = true;
+    }
     if (frame.role === "staff") {
       var reply = entry("staff", String(frame.name || "Staff") + " (Support)");
       reply.appendChild(el("p", "text", frame.text));
@@ -76,6 +86,7 @@
 
   function tool(frame) {
     var section = calls[frame.id];
+    if (section && section.dataset.ended) return; // its end is shown: a copy caught up on reconnecting
     if (!section) {
       var item = entry("agent", "Agent");
       section = el("section", "tool-call");
@@ -97,6 +108,7 @@
       state.textContent = frame.status;
       state.className = frame.status === "done" ? "ok tool-state" : "failed tool-state";
       if (frame.status === "error") section.classList.add("tool-call--error");
+      section.dataset.ended = "true";
       var result = el("div");
       result.appendChild(el("h3", "", "Result"));
       result.appendChild(el("pre", "json", pretty(frame.result)));
@@ -121,7 +133,7 @@
 
   function connect() {
     var scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    var socket = new WebSocket(scheme + location.host + timeline.dataset.livePath);
+    var socket = new WebSocket(scheme + location.host + timeline.dataset.livePath + "?after=" + lastSeq);
     socket.addEventListener("open", function () {
       retry = 1000;
       status.textContent = "Live: new turns appear here as they happen.";
@@ -130,6 +142,7 @@
     socket.addEventListener("message", function (event) {
       var frame;
       try { frame = JSON.parse(event.data); } catch (problem) { return; }
+      if (frame && typeof frame.seq === "number" && frame.seq > lastSeq) lastSeq = frame.seq;
       if (frame && handlers[frame.type]) handlers[frame.type](frame);
       // Other scripts of the page (the inbox's composer) follow the same frames.
       if (frame) timeline.dispatchEvent(new CustomEvent("live:frame", { detail: frame }));
