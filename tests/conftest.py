@@ -32,6 +32,18 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
         test["NAME"] = str(django_settings.BASE_DIR / f".test-db-{os.getpid()}.sqlite3")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_connection_left_on_the_orms_async_thread(django_db_setup: None) -> Iterator[None]:
+    """Async tests that use the ORM directly (``aexists``, ``async for``) run it on asgiref's one
+    thread-sensitive thread, whose connection no request ends: closed before the test database is dropped
+    (on PostgreSQL an open one makes the drop fail, a warning at the end of the run)."""
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+
+
 @pytest.fixture(autouse=True)
 def _builtin_model_without_pauses(settings):
     settings.CHAT_BACKEND = "builtin"
