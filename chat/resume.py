@@ -17,6 +17,9 @@ HOW IT IS CLOSED (``chat.consumers.ChatConsumer.connect``)
   catch-up's read, they would still be missing: when a turn was running as the socket attached, its
   ``idle`` is preceded by one more catch-up. Until then each such step shown is counted, live or read, so
   the other copy is not sent (models that give no call ids repeat them: counted, not remembered once).
+
+An operator's timeline socket (``chat.operators.consumers``) keeps the same record from the last row its
+page shows (``upto``, the page's ``?after=``) and catches up once, as it joins.
 """
 
 from __future__ import annotations
