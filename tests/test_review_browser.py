@@ -122,6 +122,35 @@ def test_operator_reviews_searches_and_watches_live(browser: Browser, review_ser
     assert problems == []
 
 
+def test_the_live_timeline_shows_each_step_once_when_a_reconnect_sends_it_again(
+    browser: Browser, review_server
+) -> None:
+    """The timeline's socket is played by the test. A reply's words and its tool step come live (twice, with
+    the same call id, as from a model that gives none); then the socket's catch-up after a reconnect sends
+    the first copy again, marked ``replay``: it is not shown twice, and the second live reply was not lost."""
+    import json
+
+    server, seeded = review_server
+    problems: list[str] = []
+    context, page = new_page(browser, server.url, problems)
+    log_in_as_operator(page)
+    sockets = []
+    page.route_web_socket(re.compile(r"/ws/operators/conversations/"), lambda ws: sockets.append(ws))  # no server
+    page.goto(f"/operators/conversations/{seeded}/")
+    expect(page.locator("#timeline")).to_have_attribute("data-live", "open")
+    words = {"type": "message", "role": "assistant", "text": "Let me look that up.", "calls": ["call_0"]}
+    done = {"type": "tool", "name": "get_ticket_status", "id": "call_0", "status": "done", "result": {"ok": 1}}
+    for frame in (words, done, words, done, {**words, "replay": True}, {**done, "replay": True}):
+        sockets[0].send(json.dumps(frame))
+    sockets[0].send(json.dumps({"type": "message", "role": "assistant", "text": "All done.", "seq": 999}))
+    live = page.locator("#timeline .entry--live")
+    expect(live.last).to_contain_text("All done.")
+    expect(live.filter(has_text="Let me look that up.")).to_have_count(2)
+    expect(page.locator("#timeline .entry--live .tool-call h3", has_text="Result")).to_have_count(2)
+    context.close()
+    assert problems == []
+
+
 def test_the_operators_pages_fit_a_phone(browser: Browser, review_server) -> None:
     """At 375 px no operators' page scrolls sideways: wide tables scroll inside their own frame."""
     server, conversation_id = review_server

@@ -9,11 +9,22 @@
 
   var streaming = null; // the agent entry being streamed, until its "message" frame arrives
   var calls = {}; // tool call id -> its section, to add the result
-  var callsSaid = {}; // the words of replies that called tools, by their calls' ids: shown once
   // The last stored row this page shows: the server sends what was stored after it when the socket
-  // (re)connects. Steps shown before they are stored (tool steps, such words) carry no number: a copy
-  // the server sends again is known by its call ids.
+  // (re)connects. Steps shown live before they are stored (a tool step's end, the words of a reply that
+  // calls tools) carry no number: a copy the server sends again ("replay") is known by its call ids.
+  // Counted, not remembered once: models that give no call ids repeat "call_0".
   var lastSeq = Number(timeline.dataset.lastSeq) || 0;
+  var shownLive = {}; // "tool <id>" / "calls <ids>" -> how many were shown live and not matched yet
+
+  function shownBefore(key, frame) {
+    if (!frame.replay) {
+      shownLive[key] = (shownLive[key] || 0) + 1;
+      return false;
+    }
+    if (!shownLive[key]) return false;
+    shownLive[key] -= 1;
+    return true;
+  }
 
   function el(tag, className, text) {
     var node = document.createElement(tag);
@@ -57,11 +68,7 @@
       text.textContent = frame.text;
       return;
     }
-    if (frame.calls && frame.calls.length) {
-      var said = frame.calls.join(" ");
-      if (callsSaid[said]) return;
-      callsSaid[said] = true;
-    }
+    if (frame.calls && frame.calls.length && shownBefore("calls " + frame.calls.join(" "), frame)) return;
     if (frame.role === "staff") {
       var reply = entry("staff", String(frame.name || "Staff") + " (Support)");
       reply.appendChild(el("p", "text", frame.text));
@@ -85,8 +92,9 @@
   }
 
   function tool(frame) {
+    var ends = frame.status === "done" || frame.status === "error";
+    if (ends && shownBefore("tool " + frame.id, frame)) return; // its end is shown: a copy caught up
     var section = calls[frame.id];
-    if (section && section.dataset.ended) return; // its end is shown: a copy caught up on reconnecting
     if (!section) {
       var item = entry("agent", "Agent");
       section = el("section", "tool-call");
@@ -103,12 +111,11 @@
       item.appendChild(section);
       calls[frame.id] = section;
     }
-    if (frame.status === "done" || frame.status === "error") {
+    if (ends) {
       var state = section.querySelector(".tool-state");
       state.textContent = frame.status;
       state.className = frame.status === "done" ? "ok tool-state" : "failed tool-state";
       if (frame.status === "error") section.classList.add("tool-call--error");
-      section.dataset.ended = "true";
       var result = el("div");
       result.appendChild(el("h3", "", "Result"));
       result.appendChild(el("pre", "json", pretty(frame.result)));

@@ -65,5 +65,5 @@ class Command(BaseCommand):
         except BrokenPipeError:
             # The reader stopped early (``| head``): nothing more is wanted, and that is no failure. Python's
             # own flush of stdout at exit would raise again: stdout goes to /dev/null (the documented way).
-            if self.stdout._out is sys.stdout:
+            if options.get("stdout") is None:  # the process's own stdout, not a stream a caller passed
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
